@@ -64,3 +64,10 @@ class CheckpointError(DiffV2SError):
     """A checkpoint or engine file is missing, corrupt or does not match (a start-up error)."""
 
     code = "checkpoint_error"
+
+
+class EngineUnavailable(CheckpointError):
+    """The requested inference engine cannot run here: ONNX Runtime silently fell back to another execution
+    provider (e.g. CUDA libraries missing), or TensorRT / a CUDA GPU is absent. A start-up error."""
+
+    code = "engine_unavailable"

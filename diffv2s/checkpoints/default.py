@@ -1,0 +1,28 @@
+"""Build the shipped default checkpoint: a deterministically initialised `small` model.
+
+`python -m diffv2s.checkpoints.default` rewrites diffv2s/assets/diffv2s-small.pt; the same seed gives the
+same weights on any machine. It is NOT trained: its output is not speech.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from diffv2s.checkpoints.store import DEFAULT_CHECKPOINT, save_checkpoint
+from diffv2s.config import preset
+from diffv2s.model import build_initial_model
+
+
+def write_initial_checkpoint(path: Path = DEFAULT_CHECKPOINT, seed: int = 0) -> str:
+    cfg = preset("small")
+    model = build_initial_model(cfg, seed=seed)
+    # The encoder appears twice in the state dict (encoder.* and speaker.encoder.*); keep one copy.
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("speaker.encoder.")}
+    meta = {"trained": False, "init_seed": seed, "note": "deterministic initialisation; output is not speech"}
+    return save_checkpoint(path, cfg, state, meta, half=True)
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_CHECKPOINT
+    print(out, write_initial_checkpoint(out))

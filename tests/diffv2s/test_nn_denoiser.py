@@ -1,0 +1,165 @@
+"""Denoiser: shapes, per-item independence (padding, batch), condition dropout, conditioning resampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffv2s.config import DenoiserConfig, preset
+from diffv2s.nn.denoiser import Denoiser, resample_to_frames
+
+torch.set_num_threads(1)
+
+CFG = DenoiserConfig(layers=2, width=64, heads=4)
+N_MELS, DV, RATIO = 20, 24, 3.445
+
+
+def _denoiser(seed: int = 0) -> Denoiser:
+    torch.manual_seed(seed)
+    den = Denoiser(CFG, n_mels=N_MELS, visual_dim=DV, speaker_dim=256, frame_ratio=RATIO).eval()
+    with torch.no_grad():  # non-zero null vectors, as after training
+        den.null_visual.normal_()
+        den.null_speaker.normal_()
+    return den
+
+
+def _masks(lengths: list[int], t_max: int) -> torch.Tensor:
+    return torch.arange(t_max)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def test_shapes_and_padded_outputs_are_zero() -> None:
+    den = _denoiser()
+    mask = _masks([30, 22], 30)
+    vmask = _masks([9, 7], 9)
+    out = den(
+        torch.randn(2, N_MELS, 30),
+        torch.tensor([0.0, 999.0]),
+        torch.randn(2, 9, DV),
+        vmask,
+        torch.randn(2, 256),
+        mask,
+    )
+    assert out.shape == (2, N_MELS, 30)
+    assert torch.isfinite(out).all()
+    assert (out[1, :, 22:] == 0).all()
+    assert (out[1, :, :22] != 0).any()
+
+
+def test_item_output_independent_of_padding_and_batch() -> None:
+    den = _denoiser()
+    torch.manual_seed(1)
+    mel_lens, vid_lens = [31, 52, 17], [9, 15, 5]
+    items = [
+        (torch.randn(1, N_MELS, n), torch.randn(1, v, DV), torch.randn(1, 256), torch.rand(1) * 999)
+        for n, v in zip(mel_lens, vid_lens, strict=True)
+    ]
+    t_max, v_max = max(mel_lens), max(vid_lens)
+    x = torch.full((3, N_MELS, t_max), 4.0)
+    vis = torch.full((3, v_max, DV), -9.0)  # garbage in the padding on purpose
+    for i, (xi, vi, _, _) in enumerate(items):
+        x[i, :, : xi.shape[2]] = xi[0]
+        vis[i, : vi.shape[1]] = vi[0]
+    spk = torch.cat([it[2] for it in items])
+    t = torch.cat([it[3] for it in items])
+    drop = torch.tensor([False, True, False])
+    with torch.no_grad():
+        batched = den(x, t, vis, _masks(vid_lens, v_max), spk, _masks(mel_lens, t_max), drop)
+        for i, (xi, vi, si, ti) in enumerate(items):
+            n, v = xi.shape[2], vi.shape[1]
+            alone = den(
+                xi,
+                ti,
+                vi,
+                torch.ones(1, v, dtype=torch.bool),
+                si,
+                torch.ones(1, n, dtype=torch.bool),
+                drop[i : i + 1],
+            )
+            torch.testing.assert_close(batched[i, :, :n], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_drop_cond_is_per_item_and_ignores_the_condition() -> None:
+    den = _denoiser()
+    torch.manual_seed(2)
+    x = torch.randn(1, N_MELS, 20).expand(2, -1, -1)
+    t = torch.tensor([10.0, 10.0])
+    vis = torch.randn(1, 6, DV).expand(2, -1, -1)
+    spk = torch.randn(1, 256).expand(2, -1)
+    vmask = torch.ones(2, 6, dtype=torch.bool)
+    mask = torch.ones(2, 20, dtype=torch.bool)
+    with torch.no_grad():
+        cond = den(x, t, vis, vmask, spk, mask)
+        mixed = den(x, t, vis, vmask, spk, mask, torch.tensor([True, False]))
+        # Unconditional output must not depend on the visual features or speaker given.
+        other = den(x, t, torch.randn(2, 6, DV), vmask, torch.randn(2, 256), mask, torch.tensor([True, True]))
+    torch.testing.assert_close(mixed[1], cond[1])
+    assert not torch.allclose(mixed[0], cond[0], atol=1e-4)
+    torch.testing.assert_close(other[0], mixed[0], atol=1e-5, rtol=1e-5)
+
+
+def test_output_depends_on_each_input() -> None:
+    den = _denoiser()
+    torch.manual_seed(3)
+    args = [
+        torch.randn(1, N_MELS, 15),
+        torch.tensor([100.0]),
+        torch.randn(1, 5, DV),
+        torch.ones(1, 5, dtype=torch.bool),
+        torch.randn(1, 256),
+        torch.ones(1, 15, dtype=torch.bool),
+    ]
+    with torch.no_grad():
+        base = den(*args)
+        for idx in (0, 2, 4):
+            changed = list(args)
+            changed[idx] = torch.randn_like(args[idx])
+            assert not torch.allclose(den(*changed), base, atol=1e-4), idx
+        changed = list(args)
+        changed[1] = torch.tensor([100.5])  # a continuous timestep is accepted and matters
+        assert not torch.allclose(den(*changed), base, atol=1e-6)
+
+
+def test_resample_to_frames_follows_the_fixed_rate() -> None:
+    # Video features = their own index; at 2 mel frames per video frame, mel frame j reads j/2 - 0.25.
+    visual = torch.arange(4.0)[None, :, None].expand(2, -1, 1).contiguous()
+    vmask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    out = resample_to_frames(visual, vmask, 8, 2.0)[..., 0]
+    expected0 = torch.tensor([0.0, 0.25, 0.75, 1.25, 1.75, 2.0, 2.0, 2.0])  # clamped to its last valid frame
+    expected1 = torch.tensor([0.0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.0])
+    torch.testing.assert_close(out[0], expected0)
+    torch.testing.assert_close(out[1], expected1)
+
+
+def test_a_few_steps_of_training_reduce_the_loss() -> None:
+    torch.manual_seed(4)
+    den = Denoiser(CFG, n_mels=N_MELS, visual_dim=DV, frame_ratio=RATIO).train()
+    x0 = torch.randn(2, N_MELS, 24)
+    vis, spk = torch.randn(2, 7, DV), torch.randn(2, 256)
+    vmask, mask = torch.ones(2, 7, dtype=torch.bool), torch.ones(2, 24, dtype=torch.bool)
+    opt = torch.optim.Adam(den.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(15):
+        pred = den(x0 + torch.randn_like(x0) * 0.5, torch.tensor([50.0, 50.0]), vis, vmask, spk, mask)
+        loss = (pred - x0).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+
+
+@pytest.mark.parametrize("name", ["small", "paper"])
+def test_presets_build(name: str) -> None:
+    cfg = preset(name)
+    with torch.device("meta"):
+        den = Denoiser(
+            cfg.denoiser,
+            cfg.audio.n_mels,
+            cfg.encoder.embed_dim,
+            cfg.speaker.embed_dim,
+            cfg.audio.mel_rate / cfg.video.fps,
+        )
+    assert len(den.layers) == cfg.denoiser.layers
+    assert den.layers[0].self_attn.q_proj.weight.shape == (cfg.denoiser.width, cfg.denoiser.width)
+    if name == "paper":
+        assert (cfg.denoiser.layers, cfg.denoiser.width, cfg.denoiser.heads) == (8, 512, 4)

@@ -1,0 +1,109 @@
+"""Synthesizer: batch invariance of the mel, per-item failures, durations, mp4 output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from video_fixtures import carphone_path
+
+from diffv2s.errors import NoVideoStream, UnsupportedVideo
+from diffv2s.pipeline import Synthesizer
+from diffv2s.schemas import SynthesisParams, SynthesisRequest
+from diffv2s.video.mouth_roi import MouthROI
+
+
+@pytest.fixture(scope="module")
+def synth() -> Synthesizer:
+    torch.set_num_threads(2)
+    return Synthesizer.load()
+
+
+def fake_roi(n_frames: int, seed: int) -> MouthROI:
+    """A ROI of random pixels: enough to exercise encoder, speaker and sampler without a face detector."""
+    rng = np.random.default_rng(seed)
+    return MouthROI(
+        frames=rng.standard_normal((n_frames, 88, 88)).astype(np.float32),
+        face_ratio=1.0,
+        fps=25.0,
+        duration=n_frames / 25.0,
+        n_frames=n_frames,
+        transforms=np.zeros((n_frames, 2, 3)),
+        landmarks=np.zeros((n_frames, 68, 2), np.float32),
+    )
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp", "ddim", "ddpm"])
+def test_item_mel_is_the_same_alone_and_in_a_batch_of_four(synth: Synthesizer, sampler: str) -> None:
+    rois = [fake_roi(n, seed=n) for n in (31, 12, 47, 20)]
+    params = [SynthesisParams(sampler=sampler, steps=4, seed=100 + i) for i in range(4)]
+    batched, _ = synth.generate_mels(rois, params)
+    for i in (0, 2):
+        (alone,), _ = synth.generate_mels([rois[i]], [params[i]])
+        assert alone.shape == batched[i].shape == (80, round(rois[i].n_frames * 22050 / 256 / 25))
+        assert (alone - batched[i]).abs().max().item() <= 1e-4
+
+
+def test_seed_decides_the_noise(synth: Synthesizer) -> None:
+    roi = fake_roi(20, seed=1)
+    a, _ = synth.generate_mels(
+        [roi, roi], [SynthesisParams(steps=3, seed=5), SynthesisParams(steps=3, seed=5)]
+    )
+    b, _ = synth.generate_mels([roi], [SynthesisParams(steps=3, seed=6)])
+    assert torch.equal(a[0], a[1])
+    assert (a[0] - b[0]).abs().max().item() > 1e-2
+
+
+def test_mixed_sampling_parameters_in_one_batch(synth: Synthesizer) -> None:
+    rois = [fake_roi(15, 1), fake_roi(18, 2)]
+    params = [
+        SynthesisParams(sampler="ddim", steps=2, seed=1),
+        SynthesisParams(sampler="dpmpp", steps=3, seed=1),
+    ]
+    seen: list[tuple[int, int]] = []
+    mels, timings = synth.generate_mels(rois, params, progress=lambda k, n: seen.append((k, n)))
+    assert [m.shape[1] for m in mels] == [round(15 * 3.4453125), round(18 * 3.4453125)]
+    assert seen[-1] == (5, 5) and len(seen) == 5
+    assert set(timings) == {"encoder", "speaker", "sampling", "vocoder"}
+
+
+def test_long_video_is_windowed_and_keeps_its_length(synth: Synthesizer) -> None:
+    small = Synthesizer(synth.model, synth.engines, window_frames=20, overlap_frames=5)
+    roi = fake_roi(57, seed=3)
+    (mel,), _ = small.generate_mels([roi], [SynthesisParams(steps=2, seed=1)])
+    assert mel.shape == (80, round(57 * 22050 / 256 / 25))
+    assert torch.isfinite(mel).all()
+
+
+def test_bad_item_fails_alone_and_good_item_has_video_duration(synth: Synthesizer, tmp_path) -> None:
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).bytes(5000))
+    from video_fixtures import write_audio_only_mp4
+
+    audio_only = write_audio_only_mp4(tmp_path / "audio.mp4")
+    out_mp4 = tmp_path / "out.mp4"
+    reqs = [
+        SynthesisRequest(video=junk, request_id="junk"),
+        SynthesisRequest(
+            video=carphone_path(),
+            params=SynthesisParams(steps=2),
+            output="mp4",
+            mp4_path=out_mp4,
+            request_id="ok",
+        ),
+        SynthesisRequest(video=audio_only, request_id="audio"),
+    ]
+    results = synth.synthesize_batch(reqs)
+    assert isinstance(results[0].error, UnsupportedVideo)
+    assert isinstance(results[2].error, NoVideoStream)
+    ok = results[1]
+    assert ok.error is None, ok.error
+    assert ok.sample_rate == 22050
+    assert abs(ok.audio_seconds - ok.video_seconds) <= 0.01 * ok.video_seconds
+    assert ok.waveform.dtype == np.float32 and np.isfinite(ok.waveform).all()
+    for stage in ("preprocess", "encoder", "speaker", "sampling", "vocoder", "mux", "total"):
+        assert ok.timings[stage] >= 0.0
+    import av
+
+    with av.open(str(out_mp4)) as c:
+        assert len(c.streams.video) == 1 and len(c.streams.audio) == 1
