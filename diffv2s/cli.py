@@ -28,7 +28,7 @@ def _add_synthesize(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--checkpoint", type=Path, default=None, help="DiffV2S checkpoint (default: shipped small)"
     )
-    p.add_argument("--engine", default="torch", help="torch | onnxruntime-cpu | onnxruntime-cuda | tensorrt")
+    p.add_argument("--engine", default="torch", help="torch | onnxruntime | onnxruntime-cpu | onnxruntime-cuda | onnxruntime-trt | tensorrt | tensorrt-fp32")
     p.add_argument("--engine-dir", type=Path, default=None, help="folder of exported engines")
     p.add_argument("--sampler", default="dpmpp", choices=["ddpm", "ddim", "dpmpp"])
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: checkpoint default)")
@@ -133,19 +133,42 @@ def _plugin_commands() -> dict[str, Callable[[list[str]], int]]:
     return commands  # type: ignore[return-value]
 
 
+# Library commands with their own argument parsers: name -> (module, function, help).
+PASSTHROUGH = {
+    "corpus": ("diffv2s.corpus.cli", "corpus_main", "make the synthetic audio-visual corpus"),
+    "train": ("diffv2s.training.cli", "train_main", "train the DiffV2S stages on a corpus"),
+    "evaluate": (
+        "diffv2s.evaluation.cli",
+        "evaluate_main",
+        "WER / STOI / PESQ / SECS / DNSMOS on a corpus split",
+    ),
+}
+
+
+def _passthrough(name: str, argv: list[str]) -> int:
+    import importlib
+
+    module, func, _ = PASSTHROUGH[name]
+    return int(getattr(importlib.import_module(module), func)(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     plugins = _plugin_commands()
-    if argv and argv[0] in plugins:
+    if argv and (argv[0] in plugins or argv[0] in PASSTHROUGH):
         try:
+            if argv[0] in PASSTHROUGH:
+                return _passthrough(argv[0], argv[1:])
             return int(plugins[argv[0]].load()(argv[1:]))  # type: ignore[attr-defined]
         except DiffV2SError as exc:
-            print(f"error: {exc.message}", file=sys.stderr)
+            print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
             return EXIT_INPUT
     parser = argparse.ArgumentParser(prog="diffv2s", description="DiffV2S video-to-speech")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_synthesize(sub)
     _add_info(sub)
+    for name, (_, _, text) in PASSTHROUGH.items():
+        sub.add_parser(name, help=f"{text} (`diffv2s {name} --help`)")
     for name in sorted(plugins):
         sub.add_parser(name, help=f"(plugin) run `diffv2s {name} --help`")
     args = parser.parse_args(argv)

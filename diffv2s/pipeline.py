@@ -177,6 +177,20 @@ class Synthesizer:
         self._run([roi], [SynthesisParams(steps=2)], None)
 
     # ------------------------------------------------------------------------------------ synthesis
+    def prepare(self, request: SynthesisRequest) -> SynthesisRequest:
+        """Validate a request and extract its mouth ROI (CPU work that needs no model).
+
+        Thread-safe: each thread uses its own face detector, so callers (the worker's task threads) can
+        prepare items in parallel while a batch runs. Raises the typed input errors.
+        """
+        t0 = time.perf_counter()
+        request.params.validate()
+        if request.output == "mp4" and request.mp4_path is None:
+            raise InvalidParameter("output 'mp4' needs an mp4_path to write to")
+        request.prepared = extract_mouth_roi(Path(request.video), self.cfg.video)
+        request.preprocess_seconds = time.perf_counter() - t0
+        return request
+
     def synthesize_batch(
         self, requests: Sequence[SynthesisRequest], progress: ProgressFn | None = None
     ) -> list[SynthesisResult]:
@@ -186,19 +200,17 @@ class Synthesizer:
         params: list[SynthesisParams] = []
         live: list[int] = []
         for i, req in enumerate(requests):
-            t0 = time.perf_counter()
             try:
-                p = req.params.validate()
-                if req.output == "mp4" and req.mp4_path is None:
-                    raise InvalidParameter("output 'mp4' needs an mp4_path to write to")
-                roi = extract_mouth_roi(Path(req.video), self.cfg.video)
+                if req.prepared is None:
+                    self.prepare(req)
             except DiffV2SError as exc:
                 results[i].error = exc
                 continue
-            results[i].timings["preprocess"] = time.perf_counter() - t0
+            roi = req.prepared
+            results[i].timings["preprocess"] = req.preprocess_seconds
             results[i].video_seconds = roi.duration
             rois.append(roi)
-            params.append(p)
+            params.append(req.params)
             live.append(i)
         if live:
             out = self._run(rois, params, progress)

@@ -61,6 +61,10 @@ class SynthesisRequest:
     output: Literal["wav", "mp4"] = "wav"
     mp4_path: Path | None = None
     request_id: str = ""
+    # Filled by `Synthesizer.prepare` (mouth ROI + its preprocessing seconds) so callers can run the
+    # per-item preprocessing in their own threads; `synthesize_batch` then skips it.
+    prepared: Any = None
+    preprocess_seconds: float = 0.0
 
 
 @dataclass

@@ -175,14 +175,13 @@ class MediapipeDetector:
         return sorted(faces, key=lambda p: -_area(_box(p)))
 
 
-_default: MediapipeDetector | None = None
-_default_lock = threading.Lock()
+_local = threading.local()
 
 
 def default_detector() -> MediapipeDetector:
-    """The process-wide detector (created on first use; its lock serialises videos)."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = MediapipeDetector()
-        return _default
+    """This thread's detector (created on first use). One per thread, so the worker's task threads
+    can find faces in parallel while its model thread runs a batch; FaceMesh itself is not thread-safe."""
+    detector = getattr(_local, "detector", None)
+    if detector is None:
+        detector = _local.detector = MediapipeDetector()
+    return detector

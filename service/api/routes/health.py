@@ -1,0 +1,58 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import metrics
+from service.deps import QueueDep, SettingsDep, StorageDep, StoreDep
+from service.schemas import Health, NotReadyResponse, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="The gateway process is alive")
+def healthz() -> Health:
+    return Health()
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": NotReadyResponse, "description": "A dependency is down or no worker is live."}},
+    summary="Broker, job store and storage reachable, and at least one worker live",
+)
+def readyz(store: StoreDep, storage: StorageDep, queue: QueueDep) -> Response:
+    checks: dict[str, str] = {}
+    for name, check in (("broker", queue.ping), ("store", store.ping), ("storage", storage.ping)):
+        try:
+            check()
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = f"error: {exc}"[:200]
+    workers = 0
+    if checks["store"] == "ok":
+        try:
+            workers = len(store.live_workers())
+        except Exception as exc:
+            checks["store"] = f"error: {exc}"[:200]
+    checks["workers"] = "ok" if workers > 0 else "error: no live worker heartbeat"
+    failed = [k for k, v in checks.items() if v != "ok"]
+    if failed:
+        body = {
+            "error": {"code": "not_ready", "message": f"not ready: {', '.join(failed)}"},
+            "checks": checks,
+            "workers": workers,
+        }
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse(Readiness(checks=checks, workers=workers).model_dump())
+
+
+@router.get("/metrics", include_in_schema=False)
+def get_metrics(store: StoreDep, settings: SettingsDep) -> Response:
+    if not settings.metrics_enabled:
+        raise StarletteHTTPException(404, "metrics are disabled (DIFFV2S_METRICS_ENABLED=false)")
+    body, content_type = metrics.render(store)
+    return Response(body, media_type=content_type)

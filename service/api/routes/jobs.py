@@ -1,0 +1,134 @@
+"""Job status, listing, downloads and cancel. A key sees only its own jobs (others' read as 404)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
+
+from diffv2s.errors import InvalidParameter
+from service.deps import OwnerDep, StorageDep, StoreDep
+from service.errors import (
+    JobNotCancelable,
+    JobNotFound,
+    NoResult,
+    NoVideoRequested,
+    ResultExpired,
+    ResultNotReady,
+    error_responses,
+)
+from service.jobs import JobRecord, JobStatus, JobStore
+from service.jobs.record import decode_cursor, now
+from service.schemas import Job, JobList
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def _own_job(store: JobStore, owner: str, job_id: str) -> JobRecord:
+    try:
+        uuid.UUID(job_id)
+    except ValueError:
+        raise JobNotFound(f"no job {job_id!r}") from None
+    job = store.get(job_id)
+    if job is None or job.owner != owner:
+        raise JobNotFound(f"no job {job_id!r}")
+    return job
+
+
+@router.get(
+    "/{job_id}", response_model=Job, responses=error_responses(401, 404, 503), summary="A job's state"
+)
+def get_job(job_id: str, owner: OwnerDep, store: StoreDep) -> Job:
+    return Job.from_record(_own_job(store, owner, job_id))
+
+
+@router.get(
+    "",
+    response_model=JobList,
+    responses=error_responses(401, 422, 503),
+    summary="The caller's jobs, newest first",
+)
+def list_jobs(
+    owner: OwnerDep,
+    store: StoreDep,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
+    ] = None,
+) -> JobList:
+    if cursor:
+        try:
+            decode_cursor(cursor)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidParameter("cursor: not a cursor returned by this API") from None
+    jobs, next_cursor = store.list_jobs(owner, status, limit, cursor)
+    return JobList(jobs=[Job.from_record(j) for j in jobs], next_cursor=next_cursor)
+
+
+def _result(job: JobRecord, storage: StorageDep, key: str | None) -> str:
+    if job.is_expired():
+        raise ResultExpired("the result expired and was removed")
+    if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        raise ResultNotReady(f"the job is {job.status}; poll /v1/jobs/{job.id} until it succeeded")
+    if job.status != JobStatus.SUCCEEDED or key is None:
+        raise NoResult(f"the job {job.status} and has no result")
+    if not storage.exists(key):
+        raise ResultExpired("the result was removed")
+    return key
+
+
+@router.get(
+    "/{job_id}/audio",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"audio/wav": {}}, "description": "The synthesized speech (16-bit PCM WAV)."},
+        **error_responses(401, 404, 409, 410, 503),
+    },
+    summary="Download the speech (WAV)",
+)
+def get_audio(job_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep) -> FileResponse:
+    job = _own_job(store, owner, job_id)
+    key = _result(job, storage, job.audio_key)
+    return FileResponse(storage.local_path(key), media_type="audio/wav", filename=f"{job.id}.wav")
+
+
+@router.get(
+    "/{job_id}/video",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"video/mp4": {}}, "description": "The input video with the new soundtrack."},
+        **error_responses(401, 404, 409, 410, 503),
+    },
+    summary="Download the video with its new soundtrack (when output=mp4)",
+)
+def get_video(job_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep) -> FileResponse:
+    job = _own_job(store, owner, job_id)
+    if job.output != "mp4":
+        raise NoVideoRequested("this job was submitted with output=wav; only /audio exists")
+    key = _result(job, storage, job.video_key)
+    return FileResponse(storage.local_path(key), media_type="video/mp4", filename=f"{job.id}.mp4")
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=Job,
+    responses=error_responses(401, 404, 409, 503),
+    summary="Cancel a queued job (a running job cannot be stopped: 409)",
+)
+def cancel_job(job_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep) -> Job:
+    job = _own_job(store, owner, job_id)
+    if job.status == JobStatus.CANCELED:
+        return Job.from_record(job)
+    canceled = store.transition(
+        job.id,
+        {JobStatus.QUEUED},
+        {"status": JobStatus.CANCELED, "finished_at": now()},
+    )
+    if canceled is None:
+        current = store.get(job.id) or job
+        raise JobNotCancelable(f"the job is {current.status}; only queued jobs can be canceled")
+    storage.delete(canceled.input_key)
+    return Job.from_record(canceled)

@@ -1,0 +1,235 @@
+"""Job store on SQLite (the embedded one-command mode: no server to run).
+
+Gateway and worker are separate processes sharing one database file; WAL mode lets readers run while
+one writer commits, and every compare-and-set runs inside `BEGIN IMMEDIATE` so it holds the write lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from service.jobs.record import (
+    IdempotencyConflict,
+    JobRecord,
+    JobStatus,
+    JobStore,
+    StoreUnavailable,
+    decode_cursor,
+    dumps,
+    encode_cursor,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+  id TEXT PRIMARY KEY,
+  owner TEXT NOT NULL,
+  status TEXT NOT NULL,
+  created_us INTEGER NOT NULL,
+  expires_at REAL,
+  finished_at REAL,
+  data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_us DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+CREATE TABLE IF NOT EXISTS idempotency (
+  owner TEXT NOT NULL,
+  key TEXT NOT NULL,
+  job_id TEXT NOT NULL,
+  request_hash TEXT NOT NULL,
+  expires_at REAL NOT NULL,
+  PRIMARY KEY (owner, key)
+);
+CREATE TABLE IF NOT EXISTS workers (
+  id TEXT PRIMARY KEY,
+  info TEXT NOT NULL,
+  expires_at REAL NOT NULL
+);
+"""
+
+
+class SqliteJobStore(JobStore):
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        try:
+            self._db().executescript(_SCHEMA)  # executescript manages its own transaction
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"job store unusable: {exc}") from exc
+
+    def _db(self) -> sqlite3.Connection:
+        # One connection per thread: sqlite3 connections must not be shared across threads.
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"job store unusable: {exc}") from exc
+        try:
+            yield db
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK")
+            raise StoreUnavailable(f"job store unusable: {exc}") from exc
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._db().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"job store unusable: {exc}") from exc
+
+    @staticmethod
+    def _row(job: JobRecord) -> tuple[Any, ...]:
+        return (
+            job.owner,
+            str(job.status),
+            job.created_us,
+            job.expires_at,
+            job.finished_at,
+            dumps(job.to_fields()),
+            job.id,
+        )
+
+    def create(self, job: JobRecord, idempotency_ttl_s: int) -> tuple[JobRecord, bool]:
+        with self._tx() as db:
+            if job.idempotency_key:
+                row = db.execute(
+                    "SELECT job_id, request_hash FROM idempotency WHERE owner=? AND key=? AND expires_at>?",
+                    (job.owner, job.idempotency_key, time.time()),
+                ).fetchone()
+                if row is not None:
+                    if row[1] != job.request_hash:
+                        raise IdempotencyConflict(row[0])
+                    old = db.execute("SELECT data FROM jobs WHERE id=?", (row[0],)).fetchone()
+                    if old is not None:
+                        return JobRecord.from_fields(json.loads(old[0])), False
+                db.execute(
+                    "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?, ?)",
+                    (
+                        job.owner,
+                        job.idempotency_key,
+                        job.id,
+                        job.request_hash,
+                        time.time() + idempotency_ttl_s,
+                    ),
+                )
+            db.execute(
+                "INSERT INTO jobs (owner, status, created_us, expires_at, finished_at, data, id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                self._row(job),
+            )
+        return job, True
+
+    def get(self, job_id: str) -> JobRecord | None:
+        rows = self._read("SELECT data FROM jobs WHERE id=?", (job_id,))
+        return JobRecord.from_fields(json.loads(rows[0][0])) if rows else None
+
+    def delete(self, job_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM idempotency WHERE job_id=?", (job_id,))
+            db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+
+    def transition(
+        self, job_id: str, allowed: set[JobStatus] | frozenset[JobStatus], changes: dict[str, Any]
+    ) -> JobRecord | None:
+        with self._tx() as db:
+            row = db.execute("SELECT data FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            fields = json.loads(row[0])
+            if JobStatus(fields["status"]) not in allowed:
+                return None
+            fields.update({k: (str(v) if k == "status" else v) for k, v in changes.items()})
+            job = JobRecord.from_fields(fields)
+            db.execute(
+                "UPDATE jobs SET owner=?, status=?, created_us=?, expires_at=?, finished_at=?, data=? WHERE id=?",
+                self._row(job),
+            )
+        return job
+
+    def set_progress(self, job_ids: list[str], step: int, total: int) -> None:
+        with self._tx() as db:
+            for job_id in job_ids:
+                db.execute(
+                    "UPDATE jobs SET data=json_set(data, '$.progress', json(?)) WHERE id=?",
+                    (dumps({"step": step, "total": total}), job_id),
+                )
+
+    def list_jobs(
+        self, owner: str, status: JobStatus | None, limit: int, cursor: str | None
+    ) -> tuple[list[JobRecord], str | None]:
+        sql = "SELECT data FROM jobs WHERE owner=?"
+        args: list[Any] = [owner]
+        if status is not None:
+            sql += " AND status=?"
+            args.append(str(status))
+        if cursor:
+            us, last_id = decode_cursor(cursor)
+            sql += " AND (created_us < ? OR (created_us = ? AND id < ?))"
+            args += [us, us, last_id]
+        sql += " ORDER BY created_us DESC, id DESC LIMIT ?"
+        args.append(limit + 1)
+        jobs = [JobRecord.from_fields(json.loads(r[0])) for r in self._read(sql, tuple(args))]
+        page = jobs[:limit]
+        next_cursor = encode_cursor(page[-1].created_us, page[-1].id) if len(jobs) > limit else None
+        return page, next_cursor
+
+    def queued_count(self) -> int:
+        return int(self._read("SELECT COUNT(*) FROM jobs WHERE status='queued'")[0][0])
+
+    def due_for_expiry(self, at: float, limit: int = 100) -> list[JobRecord]:
+        rows = self._read(
+            "SELECT data FROM jobs WHERE status='succeeded' AND expires_at<=? ORDER BY expires_at LIMIT ?",
+            (at, limit),
+        )
+        return [JobRecord.from_fields(json.loads(r[0])) for r in rows]
+
+    def purge_records(self, before: float) -> int:
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at<?", (before,))
+            db.execute("DELETE FROM idempotency WHERE expires_at<?", (time.time(),))
+            db.execute("DELETE FROM workers WHERE expires_at<?", (time.time(),))
+        return cur.rowcount
+
+    def heartbeat(self, worker_id: str, info: dict[str, Any], ttl_s: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO workers VALUES (?, ?, ?)",
+                (worker_id, dumps(info), time.time() + ttl_s),
+            )
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM workers WHERE id=?", (worker_id,))
+
+    def live_workers(self) -> list[dict[str, Any]]:
+        rows = self._read("SELECT info FROM workers WHERE expires_at>?", (time.time(),))
+        return [json.loads(r[0]) for r in rows]
+
+    def ping(self) -> None:
+        self._read("SELECT 1")
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None

@@ -1,0 +1,147 @@
+"""Blob storage for uploads and results, shared by gateway and workers.
+
+Videos and WAVs never travel through Redis: the gateway writes the upload here and queues the job id.
+Keys are relative paths (`inputs/{job_id}.mp4`, `results/{job_id}.wav`). Every write goes to a
+temporary name and is renamed into place, so a reader (or a redelivered task) never sees half a file.
+`LocalStorage` is a directory (a shared volume in docker-compose); an S3-compatible backend implements
+the same interface.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+
+class StorageUnavailable(Exception):
+    """The storage cannot be written or read."""
+
+
+def input_key(job_id: str, suffix: str) -> str:
+    return f"inputs/{job_id}{suffix}"
+
+
+def audio_key(job_id: str) -> str:
+    return f"results/{job_id}.wav"
+
+
+def video_key(job_id: str) -> str:
+    return f"results/{job_id}.mp4"
+
+
+class Storage(ABC):
+    @abstractmethod
+    @contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        """A file to write `key` into; it appears under `key` only if the block exits cleanly."""
+
+    @abstractmethod
+    def put_file(self, key: str, src: Path) -> None:
+        """Move a finished local file to `key` atomically (src is consumed)."""
+
+    @abstractmethod
+    def local_path(self, key: str) -> Path:
+        """A local file holding `key` (the file itself for local storage)."""
+
+    @abstractmethod
+    def scratch_path(self, suffix: str = "") -> Path:
+        """A fresh temporary path from which put_file can move cheaply."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def size(self, key: str) -> int: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove `key`; a missing key is not an error."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raises StorageUnavailable unless a small object can be written and removed."""
+
+    def sweep_scratch(self, older_than_s: float) -> int:
+        """Remove temporary files left by crashed writers; returns how many."""
+        return 0
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise ValueError(f"storage key escapes the root: {key!r}")
+        return path
+
+    @contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        final = self._path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.scratch_path(final.suffix)
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_file(self, key: str, src: Path) -> None:
+        final = self._path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(src, final)
+        except OSError:  # another filesystem: copy next to the target, then rename
+            tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, final)
+            Path(src).unlink(missing_ok=True)
+
+    def local_path(self, key: str) -> Path:
+        return self._path(key)
+
+    def scratch_path(self, suffix: str = "") -> Path:
+        return self.root / "tmp" / f"{uuid.uuid4().hex}{suffix}"
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def ping(self) -> None:
+        probe = self.scratch_path(".ping")
+        try:
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise StorageUnavailable(f"storage directory {self.root} is not writable: {exc}") from exc
+
+    def sweep_scratch(self, older_than_s: float) -> int:
+        cutoff = time.time() - older_than_s
+        n = 0
+        for path in (self.root / "tmp").iterdir():
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    n += 1
+            except FileNotFoundError:
+                pass
+        return n
+
+
+def open_storage(root: Path) -> Storage:
+    return LocalStorage(root)

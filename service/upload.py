@@ -1,0 +1,173 @@
+"""Streaming multipart upload: the `video` part goes straight to storage, counted and hashed as it flows.
+
+Starlette's own form parsing spools the whole file before the handler runs and cannot stop a client at
+the size limit; this parser sees each chunk as it arrives, so an upload over the limit is cut off at
+the limit (413) and a large file never sits in memory. Disk writes leave the event loop in ~1 MB blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+
+from service.errors import BadRequest, NotMultipart, UploadTooLarge
+from service.storage import Storage, input_key
+
+FILE_FIELD = "video"
+MAX_FIELDS = 16
+MAX_FIELD_BYTES = 1024
+FLUSH_BYTES = 1 << 20
+# Form fields and part headers ride along with the file; allow for them in the Content-Length check.
+FORM_OVERHEAD = 64 * 1024
+
+_SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
+
+
+@dataclass
+class Upload:
+    fields: dict[str, str] = field(default_factory=dict)
+    key: str | None = None
+    filename: str | None = None
+    size: int = 0
+    sha256: str = ""
+
+
+class _Sink:
+    """Collects the file part's bytes; the caller flushes them to storage off the event loop."""
+
+    def __init__(self, f: BinaryIO, limit: int) -> None:
+        self.f = f
+        self.limit = limit
+        self.size = 0
+        self.buf = bytearray()
+        self.hash = hashlib.sha256()
+
+    def add(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise UploadTooLarge(f"the video is larger than the limit of {self.limit / 2**20:g} MB")
+        self.buf += data
+
+    def flush(self) -> None:
+        data = bytes(self.buf)
+        self.buf.clear()
+        self.hash.update(data)
+        self.f.write(data)
+
+
+def _suffix(filename: str | None) -> str:
+    if not filename or "." not in filename:
+        return ".bin"
+    s = "." + filename.rsplit(".", 1)[1].lower()
+    return s if _SUFFIX.match(s) else ".bin"
+
+
+async def receive_upload(request: Request, storage: Storage, job_id: str, max_bytes: int) -> Upload:
+    """Parse the multipart body; the video lands at storage key `inputs/{job_id}{suffix}`.
+
+    Raises NotMultipart (415), UploadTooLarge (413) or BadRequest (422); nothing is left in storage then.
+    """
+    ctype, opts = parse_options_header(request.headers.get("content-type", ""))
+    boundary = opts.get(b"boundary")
+    if ctype != b"multipart/form-data" or not boundary:
+        raise NotMultipart("send multipart/form-data with a `video` file part")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes + FORM_OVERHEAD:
+        raise UploadTooLarge(
+            f"the request ({int(length) / 2**20:.1f} MB) is larger than the limit of {max_bytes / 2**20:g} MB"
+        )
+
+    up = Upload()
+    stack = ExitStack()
+    state: dict[str, object] = {}
+    sink: list[_Sink] = []
+    header_field = bytearray()
+    header_value = bytearray()
+    headers: dict[bytes, bytes] = {}
+    field_buf = bytearray()
+
+    def on_part_begin() -> None:
+        headers.clear()
+        field_buf.clear()
+        state["name"] = None
+        state["file"] = False
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header_field.extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header_value.extend(data[start:end])
+
+    def on_header_end() -> None:
+        headers[bytes(header_field).lower()] = bytes(header_value)
+        header_field.clear()
+        header_value.clear()
+
+    def on_headers_finished() -> None:
+        _, disp = parse_options_header(headers.get(b"content-disposition", b""))
+        name = disp.get(b"name", b"").decode("utf-8", "replace")
+        state["name"] = name
+        if name == FILE_FIELD:
+            if sink:
+                raise BadRequest("send exactly one `video` file part")
+            filename = disp.get(b"filename")
+            up.filename = filename.decode("utf-8", "replace") if filename is not None else None
+            up.key = input_key(job_id, _suffix(up.filename))
+            sink.append(_Sink(stack.enter_context(storage.writer(up.key)), max_bytes))
+            state["file"] = True
+        elif len(up.fields) >= MAX_FIELDS:
+            raise BadRequest(f"too many form fields (at most {MAX_FIELDS})")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if state.get("file"):
+            sink[0].add(data[start:end])
+        else:
+            field_buf.extend(data[start:end])
+            if len(field_buf) > MAX_FIELD_BYTES:
+                raise BadRequest(f"form field {state.get('name')!r} is longer than {MAX_FIELD_BYTES} bytes")
+
+    def on_part_end() -> None:
+        if not state.get("file"):
+            name = str(state.get("name") or "")
+            if name in up.fields:
+                raise BadRequest(f"form field {name!r} given twice")
+            up.fields[name] = field_buf.decode("utf-8", "replace")
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    with stack:
+        try:
+            async for chunk in request.stream():
+                parser.write(chunk)
+                if sink and len(sink[0].buf) >= FLUSH_BYTES:
+                    await run_in_threadpool(sink[0].flush)
+            parser.finalize()
+        except ClientDisconnect:
+            raise
+        except (UploadTooLarge, BadRequest):
+            raise
+        except Exception as exc:  # the parser's own errors: a malformed body is the client's fault
+            raise BadRequest(f"malformed multipart body: {exc}") from exc
+        if not sink:
+            raise BadRequest("the form has no `video` file part")
+        await run_in_threadpool(sink[0].flush)
+        up.size = sink[0].size
+        up.sha256 = sink[0].hash.hexdigest()
+    return up

@@ -1,0 +1,45 @@
+"""Settings of a worker process (prefix `DIFFV2S_`), on top of what it shares with the gateway."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from service.settings import CommonSettings
+
+
+class WorkerSettings(CommonSettings):
+    # Model: checkpoint None = the shipped default; engine "torch" | "onnxruntime" | "tensorrt".
+    checkpoint: Path | None = None
+    engine: str = "torch"
+    engine_dir: Path | None = None
+    device: str = "cpu"
+    # Dynamic batching (Triton-style): up to max_batch_size items, waiting at most max_queue_delay_ms.
+    max_batch_size: int = Field(default=8, ge=1, le=256)
+    max_queue_delay_ms: float = Field(default=10.0, ge=0)
+    # Task threads; 0 = max_batch_size (enough waiting tasks to fill a batch).
+    concurrency: int = Field(default=0, ge=0)
+    # CPU threads of torch (0 = torch's default). Several workers on one machine should share the cores.
+    torch_threads: int = Field(default=0, ge=0)
+    warmup: bool = True
+    # Prometheus endpoint of this worker (0 = off).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    janitor_interval_s: float = Field(default=60.0, gt=0)
+    # How often a task waiting in the batcher checks whether its job was canceled.
+    cancel_poll_s: float = Field(default=0.5, gt=0)
+    # Sampling progress is written to the store at most this often per batch (and always at the end).
+    progress_interval_s: float = Field(default=0.25, ge=0)
+    # Set by a launcher (the embedded mode): the worker shuts down when that process is gone.
+    parent_pid: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_worker(self) -> WorkerSettings:
+        if self.heartbeat_interval_s * 2 > self.heartbeat_ttl_s:
+            raise ValueError("DIFFV2S_HEARTBEAT_TTL_S must be at least twice DIFFV2S_HEARTBEAT_INTERVAL_S")
+        return self
+
+    @property
+    def task_threads(self) -> int:
+        return max(self.concurrency or self.max_batch_size, self.max_batch_size)
