@@ -28,7 +28,11 @@ def _add_synthesize(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--checkpoint", type=Path, default=None, help="DiffV2S checkpoint (default: shipped small)"
     )
-    p.add_argument("--engine", default="torch", help="torch | onnxruntime | onnxruntime-cpu | onnxruntime-cuda | onnxruntime-trt | tensorrt | tensorrt-fp32")
+    p.add_argument(
+        "--engine",
+        default="torch",
+        help="torch | onnxruntime | onnxruntime-cpu | onnxruntime-cuda | onnxruntime-trt | tensorrt | tensorrt-fp32",
+    )
     p.add_argument("--engine-dir", type=Path, default=None, help="folder of exported engines")
     p.add_argument("--sampler", default="dpmpp", choices=["ddpm", "ddim", "dpmpp"])
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: checkpoint default)")
