@@ -1,0 +1,107 @@
+"""Which utterances a training run reads: the synthetic corpus or a tree in the LRS3 layout.
+
+A synthetic corpus (made by `diffv2s corpus make`) has a `corpus.json` manifest and splits `train`,
+`test_unseen_sentences`, `test_unseen_speaker`. LRS3 ships `{split}/{speaker}/{utt}.mp4 + .txt` with splits
+`pretrain`, `trainval`, `test`. Both become a list of `Utterance`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffv2s.errors import InputError
+
+MANIFEST = "corpus.json"
+SYNTHETIC_SPLITS = {"train": "train", "val": "test_unseen_sentences"}
+LRS3_TRAIN_SPLITS = ("trainval", "pretrain")
+LRS3_VAL_SPLITS = ("test",)
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One clip: `utt_id` is unique within its split (LRS3: `speaker/utt`); video is an mp4 with audio."""
+
+    utt_id: str
+    speaker: str
+    split: str
+    text: str
+    video: Path
+
+
+def corpus_kind(root: Path) -> str:
+    """'synthetic' (has corpus.json) or 'lrs3' (has split folders of speaker folders)."""
+    if (root / MANIFEST).is_file():
+        return "synthetic"
+    if any((root / s).is_dir() for s in (*LRS3_TRAIN_SPLITS, *LRS3_VAL_SPLITS)):
+        return "lrs3"
+    raise InputError(
+        f"{root} is neither a synthetic corpus (no {MANIFEST}) nor an LRS3 tree (no pretrain/trainval/test "
+        "folder). Make one with `diffv2s corpus make --out DIR ...`."
+    )
+
+
+def default_splits(root: Path) -> tuple[str, str | None]:
+    """(train split, validation split or None) for the corpus at `root`."""
+    if corpus_kind(root) == "synthetic":
+        return SYNTHETIC_SPLITS["train"], SYNTHETIC_SPLITS["val"]
+    train = next((s for s in LRS3_TRAIN_SPLITS if (root / s).is_dir()), None)
+    if train is None:
+        raise InputError(f"{root} has no LRS3 training split ({' or '.join(LRS3_TRAIN_SPLITS)}).")
+    val = next((s for s in LRS3_VAL_SPLITS if (root / s).is_dir()), None)
+    return train, val
+
+
+def list_utterances(root: Path, split: str, limit: int | None = None) -> list[Utterance]:
+    """The utterances of one split, in a stable order; `limit` keeps an even share per speaker."""
+    root = Path(root)
+    if corpus_kind(root) == "synthetic":
+        from diffv2s.corpus.make import load_corpus
+
+        items = [Utterance(c.utt_id, c.speaker, c.split, c.text, c.video) for c in load_corpus(root, split)]
+    else:
+        from diffv2s.corpus.lrs3 import iter_lrs3
+
+        items = [
+            Utterance(f"{c.speaker}/{c.utt}", c.speaker, c.split, c.text.lower(), c.video)
+            for c in iter_lrs3(root, split)
+        ]
+    if limit is not None and len(items) > limit:
+        items = _spread(items, limit)
+    return items
+
+
+def _spread(items: list[Utterance], limit: int) -> list[Utterance]:
+    """`limit` items taken round-robin over speakers, so every speaker stays represented."""
+    by_speaker: dict[str, list[Utterance]] = {}
+    for item in items:
+        by_speaker.setdefault(item.speaker, []).append(item)
+    queues = [list(v) for v in by_speaker.values()]
+    out: list[Utterance] = []
+    while len(out) < limit:
+        for q in queues:
+            if q and len(out) < limit:
+                out.append(q.pop(0))
+    return out
+
+
+def corpus_info(root: Path) -> dict[str, object]:
+    """What the final checkpoint records about its training data (no absolute paths)."""
+    root = Path(root)
+    kind = corpus_kind(root)
+    info: dict[str, object] = {"kind": kind, "name": root.name}
+    if kind == "synthetic":
+        from diffv2s.corpus.writer import read_json
+
+        manifest = read_json(root / MANIFEST)
+        info.update(
+            {
+                "format": manifest.get("format"),
+                "version": manifest.get("version"),
+                "seed": manifest.get("seed"),
+                "speakers": [s["id"] for s in manifest.get("speakers", [])],
+                "unseen_speakers": manifest.get("unseen_speakers", []),
+                "utterances": {k: len(v) for k, v in manifest.get("splits", {}).items()},
+            }
+        )
+    return info

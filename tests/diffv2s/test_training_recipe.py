@@ -1,0 +1,161 @@
+"""Training smoke run on a tiny fake cache: every stage's loss falls, SIGTERM saves and --resume continues
+from the saved step, and the exported checkpoint loads in the Synthesizer and speaks a real video."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from training_fixtures import write_fake_cache
+from video_fixtures import carphone_path
+
+from diffv2s.checkpoints.store import load_checkpoint
+from diffv2s.config import preset
+from diffv2s.nn.speaker import speaker_loss
+from diffv2s.pipeline import Synthesizer
+from diffv2s.schemas import SynthesisParams, SynthesisRequest
+from diffv2s.training.cache import CacheSet
+from diffv2s.training.features import FeatureSet
+from diffv2s.training.loop import load_state, stage_record
+from diffv2s.training.recipe import Run, TrainOptions, model_with_stages, train
+from diffv2s.training.speaker_stage import SpeakerStage
+
+STOP_AT = 10
+DENOISER_STEPS = 30
+ENCODER_STEPS = 20
+
+
+def _falls(values: list[float], k: int = 5, factor: float = 0.85) -> tuple[float, float, bool]:
+    first, last = float(np.mean(values[:k])), float(np.mean(values[-k:]))
+    return first, last, last < factor * first
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = preset("small")
+    write_fake_cache(run_dir, cfg)
+    run = Run(run_dir)
+    run.info = {
+        "splits": {"train": "train", "val": "val"},
+        "cache": {"complete": True},
+        "corpus": {"kind": "fake", "name": "fake"},
+    }
+    run.save()
+    opts = TrainOptions(
+        data=None,
+        out=run_dir,
+        minutes=30,
+        resume=True,
+        threads=1,
+        log_every_s=0.0,
+        encoder_steps=ENCODER_STEPS,
+        speaker_steps=30,
+        denoiser_steps=DENOISER_STEPS,
+        encoder_batch=3,
+        speaker_batch=3,
+        denoiser_batch=6,
+        progress_bar=False,
+    )
+    lines: list[str] = []
+
+    def interrupting_log(message: str) -> None:
+        lines.append(message)
+        if message.startswith(f"[denoiser] step {STOP_AT} "):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    first = train(opts, log=interrupting_log)
+    at_stop = stage_record(run_dir / "denoiser" / "state.pt")
+    second = train(opts, log=lines.append)
+    yield {"run": run_dir, "first": first, "second": second, "at_stop": at_stop, "lines": lines}
+    torch.set_num_threads(threads)
+
+
+def test_each_stage_loss_falls(trained: dict[str, object]) -> None:
+    records = trained["second"].records  # type: ignore[attr-defined]
+    for stage, key in (("encoder", "video_l1"), ("encoder", "audio_l1"), ("denoiser", "l1")):
+        first, last, ok = _falls(records[stage].train[key])
+        assert ok, f"{stage} {key}: first steps {first:.4f}, last steps {last:.4f}"
+    # The encoder also beats predicting the average mel on held-out clips.
+    evals = records["encoder"].evals
+    assert evals["val_video_l1"][-1] < 0.9 * evals["val_mean_l1"][-1]
+    assert evals["val_video_l1"][-1] < 0.9 * evals["val_video_l1"][0]
+
+
+def test_speaker_stage_loss_is_far_below_the_untrained_extractor(trained: dict[str, object]) -> None:
+    run_dir: Path = trained["run"]  # type: ignore[assignment]
+    cfg = preset("small")
+    data = FeatureSet(CacheSet(run_dir / "cache" / "train", cfg.video), run_dir / "features" / "train", False)
+    run = Run(run_dir)
+    losses = {}
+    for name, parts in (("untrained", ("encoder",)), ("trained", ("encoder", "speaker"))):
+        stage = SpeakerStage(model_with_stages(run, cfg, 0, parts), data, None)
+        stage.speaker.eval()
+        total = 0.0
+        with torch.no_grad():
+            for k in range(4):  # one clip per speaker, four different draws
+                idx = [int(np.flatnonzero(data.data.speaker_index == s)[k]) for s in range(3)]
+                total += float(speaker_loss(*stage._embed(data, idx, None)))
+        losses[name] = total / 4
+    chance = 4 * np.log(3)  # four InfoNCE terms over 3 candidates
+    assert losses["trained"] < 0.5 * min(losses["untrained"], chance), losses
+
+
+def test_sigterm_saves_and_resume_continues_from_the_saved_step(trained: dict[str, object]) -> None:
+    assert trained["first"].status == "stopped"  # type: ignore[attr-defined]
+    assert trained["at_stop"].step == STOP_AT  # type: ignore[attr-defined]
+    assert not trained["at_stop"].done  # type: ignore[attr-defined]
+    second = trained["second"]
+    assert second.status == "done"  # type: ignore[attr-defined]
+    record = second.records["denoiser"]  # type: ignore[attr-defined]
+    assert record.done and record.step == DENOISER_STEPS
+    # One continuous history: the resumed run picked up at STOP_AT + 1, nothing repeated or skipped.
+    assert record.train["step"] == [float(s) for s in range(1, DENOISER_STEPS + 1)]
+    assert any(f"resumed at step {STOP_AT}" in line for line in trained["lines"])  # type: ignore[attr-defined]
+    # The earlier stages were not trained again.
+    assert second.records["encoder"].step == ENCODER_STEPS  # type: ignore[attr-defined]
+
+
+def test_curves_are_written(trained: dict[str, object]) -> None:
+    run_dir: Path = trained["run"]  # type: ignore[assignment]
+    for name in ("encoder/encoder.png", "speaker/speaker.png", "denoiser/denoiser.png", "curves.png"):
+        data = (run_dir / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_checkpoint_holds_the_trained_weights(trained: dict[str, object]) -> None:
+    run_dir: Path = trained["run"]  # type: ignore[assignment]
+    ckpt = load_checkpoint(run_dir / "diffv2s-small.pt")
+    assert ckpt.meta["trained"] is True
+    assert ckpt.meta["steps"] == {"encoder": ENCODER_STEPS, "speaker": 30, "denoiser": DENOISER_STEPS}
+    assert (run_dir / "diffv2s-small.pt").stat().st_size < 25e6
+    assert not any(k.startswith("speaker.encoder.") for k in ckpt.state_dict)
+    encoder = load_state(run_dir / "encoder" / "state.pt")["stage"]["encoder"]  # type: ignore[index]
+    denoiser = load_state(run_dir / "denoiser" / "state.pt")["stage"]  # type: ignore[index]
+    for key, value in encoder.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(ckpt.state_dict[f"encoder.{key}"], value.half().float())
+    # The shipped denoiser is the EMA, not the last raw weights.
+    key = "out_proj.weight"
+    torch.testing.assert_close(ckpt.state_dict[f"denoiser.{key}"], denoiser["ema"][key].half().float())
+    assert not torch.allclose(denoiser["ema"][key], denoiser["denoiser"][key])
+
+
+def test_checkpoint_synthesizes_a_real_video(trained: dict[str, object], tmp_path: Path) -> None:
+    run_dir: Path = trained["run"]  # type: ignore[assignment]
+    synth = Synthesizer.load(run_dir / "diffv2s-small.pt")
+    assert synth.info["trained"] is True
+    (result,) = synth.synthesize_batch(
+        [SynthesisRequest(video=carphone_path(), params=SynthesisParams(steps=2))]
+    )
+    assert result.error is None
+    assert result.waveform is not None and np.isfinite(result.waveform).all()
+    assert len(result.waveform) == round(result.video_seconds * result.sample_rate)
+    assert float(np.abs(result.waveform).max()) > 0.0
