@@ -1,0 +1,175 @@
+"""The systems an evaluation compares, and how each one turns an utterance into a waveform.
+
+- `ground_truth`: the corpus audio itself (the ceiling of every metric).
+- `vocoder_ceiling`: ground-truth log-mel -> our HiFi-GAN (the best the model's mel could sound).
+- `model`: DiffV2S as served, the speaker embedding s_v taken from the video.
+- speaker ablations (the paper's Table 4): `gt_audio_speaker` puts the speaker extractor's *audio* embedding
+  of the ground-truth speech, `embed_audio(mel_to_audio_features(gt_mel))`, in place of s_v;
+  `no_speaker` gives the denoiser the learned null speaker vector that condition dropout trained (the visual
+  features stay), or a zero vector for `speaker="zero"`.
+- sampler ablations: the model with another sampler / step count.
+
+Every synthesized system runs the pipeline's own `generate_mels` + `_vocode` on mouth ROIs extracted once
+per utterance; a speaker override swaps the speaker (or denoiser) engine for the duration of one call, so
+the pipeline code is not duplicated and the sampling loop is exactly the served one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from diffv2s.audio import mel_spectrogram
+from diffv2s.engines import Engines
+from diffv2s.nn.speaker import mel_to_audio_features
+from diffv2s.pipeline import Synthesizer, plan_windows
+from diffv2s.schemas import SynthesisParams
+from diffv2s.video.mouth_roi import MouthROI
+
+SPEAKER_MODES = ("visual", "audio", "null", "zero")
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """A synthesized system: how the speaker embedding is chosen and how the mel is sampled."""
+
+    name: str
+    description: str
+    speaker: str = "visual"  # one of SPEAKER_MODES
+    sampler: str = "dpmpp"
+    steps: int = 10
+    guidance: float = 0.0
+    cfg_scale: float = 1.0
+
+    @property
+    def sampling_key(self) -> tuple[str, str, int, float, float]:
+        """Two systems with equal keys produce identical audio (same seeds)."""
+        return (self.speaker, self.sampler, self.steps, self.guidance, self.cfg_scale)
+
+
+def parse_sampler(spec: str) -> tuple[str, int]:
+    """ "ddim-25" -> ("ddim", 25)."""
+    name, _, steps = spec.strip().partition("-")
+    if not steps.isdigit():
+        raise ValueError(f"sampler spec {spec!r} must look like 'ddim-25' (sampler-steps)")
+    return name, int(steps)
+
+
+def ground_truth_mel(synth: Synthesizer, wav: np.ndarray) -> torch.Tensor:
+    """wav: [N] at the model's sample rate -> log-mel [n_mels, N // hop] as the vocoder expects."""
+    return mel_spectrogram(torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)), synth.cfg.audio)[0]
+
+
+@torch.inference_mode()
+def audio_speaker_embedding(synth: Synthesizer, mel: torch.Tensor) -> torch.Tensor:
+    """The speaker extractor's audio-path embedding s_a of a log-mel [n_mels, T] -> [256] unit vector."""
+    cfg = synth.cfg
+    feats = mel_to_audio_features(
+        mel[None].float(),
+        cfg.audio.mel_rate,
+        fmin=cfg.audio.fmin,
+        fmax=cfg.audio.fmax,
+        video_fps=cfg.video.fps,
+    )
+    speaker = synth.model.speaker
+    param = next(speaker.parameters())
+    return speaker.embed_audio(feats.to(device=param.device, dtype=param.dtype))[0].float().cpu()
+
+
+def _window_counts(synth: Synthesizer, rois: Sequence[MouthROI]) -> list[int]:
+    """How many windows the pipeline splits each video into (its speaker engine sees them in this order)."""
+    ratio = synth.cfg.audio.mel_rate / synth.cfg.video.fps
+    counts = []
+    for roi in rois:
+        n_mel = max(1, int(round(roi.n_frames * ratio)))
+        counts.append(
+            len(plan_windows(roi.n_frames, n_mel, ratio, synth.window_frames, synth.overlap_frames))
+        )
+    return counts
+
+
+def _speaker_override(engines: Engines, per_window: torch.Tensor) -> Engines:
+    """Engines whose speaker extractor returns the given rows ([n_windows, 256]) whatever the video."""
+
+    def speaker(video: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        if video.shape[0] != per_window.shape[0]:
+            raise RuntimeError(
+                f"speaker override: the pipeline asked for {video.shape[0]} windows, {per_window.shape[0]} "
+                "were prepared (did the pipeline's windowing change?)"
+            )
+        return per_window.to(video.device)
+
+    return dataclasses.replace(engines, speaker=speaker)
+
+
+def _null_speaker_override(engines: Engines, null: torch.Tensor) -> Engines:
+    """Engines whose denoiser always gets `null` ([256]) as the speaker embedding."""
+    base = engines.denoiser
+
+    def denoiser(x_t, t, visual, visual_mask, speaker, mask, drop_cond):  # type: ignore[no-untyped-def]
+        rows = null.to(device=speaker.device, dtype=speaker.dtype).expand_as(speaker)
+        return base(x_t, t, visual, visual_mask, rows, mask, drop_cond)
+
+    return dataclasses.replace(engines, denoiser=denoiser)
+
+
+def synthesize_system(
+    synth: Synthesizer,
+    spec: SystemSpec,
+    rois: Sequence[MouthROI],
+    seeds: Sequence[int],
+    gt_mels: Sequence[torch.Tensor] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[np.ndarray]:
+    """Waveforms [round(duration * sr)] float32 of one system for a batch of mouth ROIs.
+
+    gt_mels: ground-truth log-mels [n_mels, T_i], needed by `speaker="audio"` only.
+    """
+    if spec.speaker not in SPEAKER_MODES:
+        raise ValueError(f"speaker mode must be one of {SPEAKER_MODES}; got {spec.speaker!r}")
+    engines = synth.engines
+    if spec.speaker == "audio":
+        if gt_mels is None:
+            raise ValueError("speaker='audio' needs the ground-truth mels")
+        embeddings = [audio_speaker_embedding(synth, m) for m in gt_mels]
+        rows = [e for e, n in zip(embeddings, _window_counts(synth, rois), strict=True) for _ in range(n)]
+        engines = _speaker_override(engines, torch.stack(rows))
+    elif spec.speaker == "zero":
+        n = sum(_window_counts(synth, rois))
+        engines = _speaker_override(engines, torch.zeros(n, synth.cfg.speaker.embed_dim))
+    elif spec.speaker == "null":
+        engines = _null_speaker_override(engines, synth.model.denoiser.null_speaker.detach().float().cpu())
+    params = [
+        SynthesisParams(
+            sampler=spec.sampler, steps=spec.steps, seed=s, guidance=spec.guidance, cfg_scale=spec.cfg_scale
+        ).validate()
+        for s in seeds
+    ]
+    served = synth.engines
+    synth.engines = engines
+    try:
+        mels, _ = synth.generate_mels(rois, params, progress)
+    finally:
+        synth.engines = served
+    wavs = synth._vocode(mels)
+    return [_fit(w, roi.duration, synth.cfg.audio.sample_rate) for w, roi in zip(wavs, rois, strict=True)]
+
+
+def vocode_ground_truth(synth: Synthesizer, wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The vocoder ceiling: ground-truth waveforms -> log-mel -> HiFi-GAN -> waveforms of the same length."""
+    mels = [ground_truth_mel(synth, w) for w in wavs]
+    out = synth._vocode(mels)
+    return [_fit_samples(o, len(w)) for o, w in zip(out, wavs, strict=True)]
+
+
+def _fit(wav: np.ndarray, duration: float, sample_rate: int) -> np.ndarray:
+    return _fit_samples(wav, int(round(duration * sample_rate)))
+
+
+def _fit_samples(wav: np.ndarray, n: int) -> np.ndarray:
+    wav = np.asarray(wav, dtype=np.float32)[:n]
+    return np.pad(wav, (0, n - len(wav))) if len(wav) < n else wav

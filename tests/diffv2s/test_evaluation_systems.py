@@ -1,0 +1,131 @@
+"""Evaluation systems: the speaker embedding each ablation hands the denoiser, and the vocoder ceiling."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffv2s.audio import load_wav
+from diffv2s.evaluation.signal_metrics import stoi
+from diffv2s.evaluation.systems import (
+    SystemSpec,
+    ground_truth_mel,
+    parse_sampler,
+    synthesize_system,
+    vocode_ground_truth,
+)
+from diffv2s.nn.speaker import mel_to_audio_features
+from diffv2s.pipeline import Synthesizer
+from diffv2s.video.mouth_roi import MouthROI
+
+
+@pytest.fixture(scope="module")
+def synth() -> Synthesizer:
+    torch.set_num_threads(1)
+    s = Synthesizer.load()
+    # A distinct learned null vector, so "null" and "zero" are told apart (the shipped one may be zeros).
+    with torch.no_grad():
+        s.model.denoiser.null_speaker.copy_(torch.linspace(-1.0, 1.0, s.cfg.speaker.embed_dim))
+    # Short windows so a 1.6 s clip is sampled as several windows, like a long video would be.
+    s.window_frames, s.overlap_frames = 16, 4
+    return s
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    spec = importlib.util.find_spec("pysptk")
+    assert spec is not None and spec.submodule_search_locations
+    path = Path(next(iter(spec.submodule_search_locations))) / "example_audio_data" / "arctic_a0007.wav"
+    return load_wav(path, 22050)
+
+
+def fake_roi(n_frames: int, seed: int) -> MouthROI:
+    rng = np.random.default_rng(seed)
+    return MouthROI(
+        frames=rng.standard_normal((n_frames, 88, 88)).astype(np.float32),
+        face_ratio=1.0,
+        fps=25.0,
+        duration=n_frames / 25.0,
+        n_frames=n_frames,
+        transforms=np.zeros((n_frames, 2, 3)),
+        landmarks=np.zeros((n_frames, 68, 2), np.float32),
+    )
+
+
+def speakers_seen(
+    synth: Synthesizer, spec: SystemSpec, rois: list[MouthROI], mels: list[torch.Tensor]
+) -> torch.Tensor:
+    """Run a system and return the speaker rows the denoiser received on its first call: [n_windows, 256]."""
+    seen: list[torch.Tensor] = []
+    served = synth.engines
+    base = served.denoiser
+
+    def recording(x_t, t, visual, visual_mask, speaker, mask, drop_cond):  # type: ignore[no-untyped-def]
+        seen.append(speaker.detach().clone())
+        return base(x_t, t, visual, visual_mask, speaker, mask, drop_cond)
+
+    synth.engines = dataclasses.replace(served, denoiser=recording)
+    try:
+        wavs = synthesize_system(synth, spec, rois, [1] * len(rois), mels)
+    finally:
+        synth.engines = served
+    for roi, wav in zip(rois, wavs, strict=True):
+        assert wav.shape == (int(round(roi.duration * synth.cfg.audio.sample_rate)),)
+        assert np.isfinite(wav).all()
+    return seen[0]
+
+
+def spec(speaker: str) -> SystemSpec:
+    return SystemSpec(speaker, "test", speaker=speaker, sampler="ddim", steps=2)
+
+
+def test_each_speaker_mode_feeds_the_denoiser_its_embedding(synth: Synthesizer, speech: np.ndarray) -> None:
+    n_frames = 40  # 1.6 s -> 3 windows of 16 frames
+    roi = fake_roi(n_frames, seed=3)
+    wav = speech[: int(n_frames / 25 * 22050)]
+    mel = ground_truth_mel(synth, wav)
+    served = synth.engines
+
+    visual = speakers_seen(synth, spec("visual"), [roi], [mel])
+    audio = speakers_seen(synth, spec("audio"), [roi], [mel])
+    null = speakers_seen(synth, spec("null"), [roi], [mel])
+    zero = speakers_seen(synth, spec("zero"), [roi], [mel])
+    assert synth.engines is served  # the served engines are back after every call
+    assert visual.shape[0] == 3 and audio.shape[0] == 3
+
+    with torch.inference_mode():
+        s_a = synth.model.speaker.embed_audio(mel_to_audio_features(mel[None], synth.cfg.audio.mel_rate))[0]
+    torch.testing.assert_close(audio, s_a.expand(3, -1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(null, synth.model.denoiser.null_speaker.detach().expand(3, -1))
+    assert torch.count_nonzero(zero) == 0
+    # The served path uses the video's own embedding, a different (unit) vector.
+    assert (visual - audio).abs().max() > 1e-3
+    torch.testing.assert_close(visual.norm(dim=1), torch.ones(3), atol=1e-5, rtol=0)
+
+
+def test_audio_mode_keeps_items_apart_in_a_batch(synth: Synthesizer, speech: np.ndarray) -> None:
+    rois = [fake_roi(40, seed=1), fake_roi(12, seed=2)]
+    wavs = [speech[: int(40 / 25 * 22050)], speech[22050 : 22050 + int(12 / 25 * 22050)]]
+    mels = [ground_truth_mel(synth, w) for w in wavs]
+    rows = speakers_seen(synth, spec("audio"), rois, mels)
+    # 3 windows of item 0, then 1 of item 1; each row is its own item's audio embedding.
+    assert rows.shape[0] == 4
+    torch.testing.assert_close(rows[0], rows[2])
+    assert (rows[0] - rows[3]).abs().max() > 1e-3
+
+
+def test_vocoder_ceiling_reproduces_speech(synth: Synthesizer, speech: np.ndarray) -> None:
+    (out,) = vocode_ground_truth(synth, [speech])
+    assert out.shape == speech.shape
+    assert stoi(speech, out, 22050) > 0.85
+
+
+def test_parse_sampler() -> None:
+    assert parse_sampler("ddim-25") == ("ddim", 25)
+    with pytest.raises(ValueError):
+        parse_sampler("ddim")
