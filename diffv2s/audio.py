@@ -115,6 +115,34 @@ def load_wav(path: str | Path, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 
+def read_media_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """The first audio stream of a media file (mp4, mkv, ...) as float32 mono [N] and its rate.
+
+    Channels are averaged; with `sample_rate` the audio is resampled to it (polyphase). Raises ValueError
+    when the file has no audio stream.
+    """
+    import av
+
+    chunks: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise ValueError(f"{path} has no audio track")
+        stream = container.streams.audio[0]
+        rate = int(stream.codec_context.sample_rate)
+        for frame in container.decode(stream):
+            arr = frame.to_ndarray().astype(np.float32)
+            if frame.format.is_planar:
+                chunks.append(arr.mean(axis=0))
+            else:
+                chunks.append(arr.reshape(-1, len(frame.layout.channels)).mean(axis=1))
+    wav = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    if sample_rate is not None and sample_rate != rate and len(wav):
+        g = math.gcd(rate, sample_rate)
+        wav = resample_poly(wav, sample_rate // g, rate // g)
+        rate = sample_rate
+    return np.ascontiguousarray(wav, dtype=np.float32), rate
+
+
 def _as_pcm16(wav: np.ndarray | Tensor) -> np.ndarray:
     if isinstance(wav, Tensor):
         wav = wav.detach().cpu().numpy()

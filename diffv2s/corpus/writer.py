@@ -11,6 +11,8 @@ from typing import Any
 import av
 import numpy as np
 
+from diffv2s.audio import read_media_audio
+
 _AAC_FRAME = 1024
 
 
@@ -65,28 +67,20 @@ def write_mp4(
 def read_mp4(path: Path, video: bool = True, audio: bool = True) -> AVClip:
     """-> AVClip with frames as RGB and the audio downmixed to mono float32 (decoder delay removed)."""
     frames: list[np.ndarray] = []
-    chunks: list[np.ndarray] = []
+    wav = np.zeros(0, np.float32)
     sample_rate = 0
     fps = 0.0
     with av.open(str(path)) as container:
+        has_audio = bool(container.streams.audio)
         if video and container.streams.video:
             vs = container.streams.video[0]
             fps = float(vs.average_rate or 0)
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(vs)]
-    if audio:
-        with av.open(str(path)) as container:
-            if container.streams.audio:
-                ast = container.streams.audio[0]
-                sample_rate = int(ast.codec_context.sample_rate)
-                for f in container.decode(ast):
-                    arr = f.to_ndarray().astype(np.float32)
-                    if f.format.is_planar:
-                        chunks.append(arr.mean(axis=0))
-                    else:
-                        chunks.append(arr.reshape(-1, len(f.layout.channels)).mean(axis=1))
+    if audio and has_audio:
+        wav, sample_rate = read_media_audio(path)
     return AVClip(
         frames=np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8),
-        audio=np.concatenate(chunks) if chunks else np.zeros(0, np.float32),
+        audio=wav,
         sample_rate=sample_rate,
         fps=fps,
     )

@@ -12,10 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 
-from diffv2s.evaluation.signals import resample
+from diffv2s.audio import read_media_audio
 
 MANIFEST = "corpus.json"
 
@@ -36,20 +35,7 @@ def read_audio_track(path: Path, sample_rate: int) -> np.ndarray:
     """The first audio stream of a media file as mono float32 [N] at `sample_rate`.
 
     Raises ValueError when the file has no audio stream."""
-    chunks: list[np.ndarray] = []
-    with av.open(str(path)) as container:
-        if not container.streams.audio:
-            raise ValueError(f"{path} has no audio track")
-        stream = container.streams.audio[0]
-        rate = int(stream.codec_context.sample_rate)
-        for frame in container.decode(stream):
-            arr = frame.to_ndarray().astype(np.float32)
-            if frame.format.is_planar:
-                chunks.append(arr.mean(axis=0))
-            else:
-                chunks.append(arr.reshape(-1, len(frame.layout.channels)).mean(axis=1))
-    wav = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    return resample(wav, rate, sample_rate).astype(np.float32)
+    return read_media_audio(path, sample_rate)[0]
 
 
 def split_entries(root: Path, split: str) -> list[dict[str, str]]:

@@ -14,7 +14,6 @@ to a temporary folder and renamed, so an interrupted cache step resumes at the f
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing
 import shutil
 from collections import deque
@@ -24,12 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import torch
-from scipy.signal import resample_poly
 
-from diffv2s.audio import mel_spectrogram
+from diffv2s.audio import mel_spectrogram, read_media_audio
 from diffv2s.config import AudioConfig, VideoConfig
 from diffv2s.errors import DiffV2SError, InputError
 from diffv2s.training.data import Utterance
@@ -51,24 +48,10 @@ class CachedUtterance:
 
 def read_audio(path: Path, sample_rate: int) -> np.ndarray:
     """The first audio stream of a media file as float32 mono [N] at `sample_rate`."""
-    chunks: list[np.ndarray] = []
-    rate = 0
-    with av.open(str(path)) as container:
-        if not container.streams.audio:
-            raise InputError(f"{path} has no audio track; training needs the speech of every clip.")
-        stream = container.streams.audio[0]
-        rate = int(stream.codec_context.sample_rate)
-        for frame in container.decode(stream):
-            arr = frame.to_ndarray().astype(np.float32)
-            if frame.format.is_planar:
-                chunks.append(arr.mean(axis=0))
-            else:
-                chunks.append(arr.reshape(-1, len(frame.layout.channels)).mean(axis=1))
-    wav = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    if rate != sample_rate and len(wav):
-        g = math.gcd(rate, sample_rate)
-        wav = resample_poly(wav, sample_rate // g, rate // g).astype(np.float32)
-    return wav
+    try:
+        return read_media_audio(path, sample_rate)[0]
+    except ValueError as exc:
+        raise InputError(f"{path} has no audio track; training needs the speech of every clip.") from exc
 
 
 def mel_for_frames(wav: np.ndarray, n_frames: int, audio: AudioConfig, fps: float) -> np.ndarray:
