@@ -1,7 +1,8 @@
-"""Build the shipped default checkpoint: a deterministically initialised `small` model.
+"""Build a deterministically initialised (untrained) `small` checkpoint.
 
-`python -m diffv2s.checkpoints.default` rewrites diffv2s/assets/diffv2s-small.pt; the same seed gives the
-same weights on any machine. It is NOT trained: its output is not speech.
+`python -m diffv2s.checkpoints.default OUT.pt` writes one; the same seed gives the same weights on any
+machine. Its output is not speech. (The shipped default, diffv2s/assets/diffv2s-small.pt, is trained by
+`diffv2s train`.)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from diffv2s.config import preset
 from diffv2s.model import build_initial_model
 
 
-def write_initial_checkpoint(path: Path = DEFAULT_CHECKPOINT, seed: int = 0) -> str:
+def write_initial_checkpoint(path: Path, seed: int = 0) -> str:
     cfg = preset("small")
     model = build_initial_model(cfg, seed=seed)
     # The encoder appears twice in the state dict (encoder.* and speaker.encoder.*); keep one copy.
@@ -24,5 +25,7 @@ def write_initial_checkpoint(path: Path = DEFAULT_CHECKPOINT, seed: int = 0) -> 
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_CHECKPOINT
+    if len(sys.argv) != 2 or Path(sys.argv[1]).resolve() == DEFAULT_CHECKPOINT:
+        raise SystemExit("usage: python -m diffv2s.checkpoints.default OUT.pt (not the shipped default)")
+    out = Path(sys.argv[1])
     print(out, write_initial_checkpoint(out))
