@@ -25,7 +25,7 @@ from diffv2s.config import ModelConfig
 from diffv2s.diffusion import guidance, samplers
 from diffv2s.diffusion.schedule import make_schedule
 from diffv2s.engines import Engines, torch_engines
-from diffv2s.errors import DiffV2SError, InvalidParameter
+from diffv2s.errors import CheckpointError, DiffV2SError, InvalidParameter
 from diffv2s.model import DiffV2S
 from diffv2s.schemas import SynthesisParams, SynthesisRequest, SynthesisResult
 from diffv2s.video.mouth_roi import MouthROI, extract_mouth_roi
@@ -135,8 +135,6 @@ class Synthesizer:
         # speaker.encoder is the same module as encoder; files store its weights once.
         missing = [k for k in missing if not k.startswith("speaker.encoder.")]
         if missing or unexpected:
-            from diffv2s.errors import CheckpointError
-
             raise CheckpointError(
                 f"Checkpoint {ckpt.path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )

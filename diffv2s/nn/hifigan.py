@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +25,41 @@ from diffv2s.errors import CheckpointError
 from diffv2s.nn.griffinlim import GriffinLimVocoder
 
 LRELU_SLOPE = 0.1
+ConvT = TypeVar("ConvT", nn.Conv1d, nn.ConvTranspose1d)
 N_MELS = 80
 
 
 def _norm_except_dim0(v: Tensor) -> Tensor:
     """L2 norm of each output slice along dim 0, shaped to broadcast: [D0, 1, 1]."""
     return v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
+
+
+def _tensor(module: nn.Module, name: str) -> Tensor:
+    value = getattr(module, name)
+    assert isinstance(value, Tensor)
+    return value
+
+
+def _split_weight(conv: nn.Module) -> None:
+    """Replace a convolution's `weight` by the official checkpoints' `weight_g` (norms) / `weight_v`."""
+    weight = _tensor(conv, "weight").detach()
+    del conv.weight
+    conv.weight_g = nn.Parameter(_norm_except_dim0(weight))
+    conv.weight_v = nn.Parameter(weight.clone())
+
+
+def _normalized_weight(conv: nn.Module) -> Tensor:
+    """w = g * v / |v| (norm over every dim but 0)."""
+    v = _tensor(conv, "weight_v")
+    return _tensor(conv, "weight_g") * v / _norm_except_dim0(v)
+
+
+def _fold_into(conv: nn.Module, plain: ConvT) -> ConvT:
+    """Copy the weight-normed `conv`'s effective weight and bias into the plain convolution `plain`."""
+    with torch.no_grad():
+        plain.weight.copy_(_normalized_weight(conv))
+        _bias(plain).copy_(_bias(conv))
+    return plain.to(_tensor(conv, "weight_v").device)
 
 
 class WNConv1d(nn.Conv1d):
@@ -41,13 +70,10 @@ class WNConv1d(nn.Conv1d):
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation)
         self._args = (in_channels, out_channels, kernel_size, padding, dilation)
-        weight = self.weight.detach()
-        del self.weight
-        self.weight_g = nn.Parameter(_norm_except_dim0(weight))
-        self.weight_v = nn.Parameter(weight.clone())
+        _split_weight(self)
 
     def normalized_weight(self) -> Tensor:
-        return self.weight_g * self.weight_v / _norm_except_dim0(self.weight_v)
+        return _normalized_weight(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.normalized_weight(), self.bias)
@@ -56,10 +82,7 @@ class WNConv1d(nn.Conv1d):
         """A plain Conv1d with the weight norm folded in."""
         in_channels, out_channels, kernel_size, padding, dilation = self._args
         conv = nn.Conv1d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation)
-        with torch.no_grad():
-            conv.weight.copy_(self.normalized_weight())
-            _bias(conv).copy_(_bias(self))
-        return conv.to(self.weight_v.device)
+        return _fold_into(self, conv)
 
 
 class WNConvTranspose1d(nn.ConvTranspose1d):
@@ -70,13 +93,10 @@ class WNConvTranspose1d(nn.ConvTranspose1d):
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
         self._args = (in_channels, out_channels, kernel_size, stride, padding)
-        weight = self.weight.detach()
-        del self.weight
-        self.weight_g = nn.Parameter(_norm_except_dim0(weight))
-        self.weight_v = nn.Parameter(weight.clone())
+        _split_weight(self)
 
     def normalized_weight(self) -> Tensor:
-        return self.weight_g * self.weight_v / _norm_except_dim0(self.weight_v)
+        return _normalized_weight(self)
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         _, _, _, stride, padding = self._args
@@ -86,10 +106,7 @@ class WNConvTranspose1d(nn.ConvTranspose1d):
         """A plain ConvTranspose1d with the weight norm folded in."""
         in_channels, out_channels, kernel_size, stride, padding = self._args
         conv = nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
-        with torch.no_grad():
-            conv.weight.copy_(self.normalized_weight())
-            _bias(conv).copy_(_bias(self))
-        return conv.to(self.weight_v.device)
+        return _fold_into(self, conv)
 
 
 def _bias(conv: nn.Module) -> Tensor:
