@@ -88,6 +88,19 @@ class DiffusionConfig:
     cond_dropout: float = 0.1  # classifier-free guidance training
     default_sampler: str = "dpmpp"
     default_steps: int = 10
+    # The diffusion runs on (log-mel - mel_mean) / mel_std, so the data has about unit variance like the
+    # noise (raw log-mel sits around -6 with std ~2.5). Training measures both on its corpus; 0 / 1 (no
+    # normalisation) is what checkpoints written before these fields existed were trained with.
+    mel_mean: float = 0.0
+    mel_std: float = 1.0
+
+    def normalise(self, mel: Any) -> Any:
+        """log-mel (tensor or array) -> the diffusion's data space."""
+        return (mel - self.mel_mean) / self.mel_std
+
+    def denormalise(self, x: Any) -> Any:
+        """The diffusion's data space -> log-mel."""
+        return x * self.mel_std + self.mel_mean
 
 
 @dataclass(frozen=True)

@@ -360,6 +360,7 @@ class Synthesizer:
         noise = samplers.initial_noise(lengths, n_mels, gens).to(self.device)
         speakers = speakers.to(self.device)
         feats = feats.to(self.device)
+        norm = self.cfg.diffusion  # samples live in the normalised space; denormalised at the end
         keep = torch.zeros(len(windows), dtype=torch.bool, device=self.device)
         drop = torch.ones(len(windows), dtype=torch.bool, device=self.device)
         engine = self.engines
@@ -382,7 +383,7 @@ class Synthesizer:
             speaker_from_mel = engine.speaker_from_mel
 
             def speaker_fn(x0: torch.Tensor) -> torch.Tensor:
-                return speaker_from_mel(x0, mask)
+                return speaker_from_mel(norm.denormalise(x0), mask)
 
             denoise = guidance.speaker_guided(denoise, speaker_fn, speakers, g_scale, self.schedule, mask)
 
@@ -395,7 +396,7 @@ class Synthesizer:
             x0 = samplers.sample_dpmpp_2m(denoise, noise, self.schedule, steps, mask, callback=callback)
         else:
             raise InvalidParameter(f"unknown sampler {sampler!r}")
-        x0 = x0.detach().float().cpu()
+        x0 = norm.denormalise(x0.detach().float()).cpu()
         return [x0[b, :, :n] for b, n in enumerate(lengths)]
 
     def _vocode(self, mels: Sequence[torch.Tensor]) -> list[np.ndarray]:

@@ -53,8 +53,10 @@ class DenoiserStage:
         if mel_mean is not None:
             # Start from predicting the average spectrum: the raw log-mel sits around -6, far from the
             # zero a fresh output layer gives, and learning that offset would waste the first steps.
+            # (In the diffusion's normalised space: `cfg.diffusion.normalise`.)
+            start = model.cfg.diffusion.normalise(np.asarray(mel_mean, dtype=np.float32))
             with torch.no_grad():
-                self.denoiser.out_proj.bias.copy_(torch.as_tensor(mel_mean, dtype=torch.float32))
+                self.denoiser.out_proj.bias.copy_(torch.as_tensor(start, dtype=torch.float32))
         self.ema = copy.deepcopy(self.denoiser).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -82,7 +84,8 @@ class DenoiserStage:
     def batch(
         self, data: FeatureSet, idx: list[int], g: torch.Generator | None, speaker: str = "mixed"
     ) -> dict[str, torch.Tensor]:
-        """Padded batch: mel [B, C, T], mask [B, T], visual [B, Tv, D], visual_mask [B, Tv], speaker [B, S].
+        """Padded batch: mel [B, C, T] (normalised: the diffusion's data space), mask [B, T], visual
+        [B, Tv, D], visual_mask [B, Tv], speaker [B, S].
 
         With a generator: random crops of at most max_frames video frames and a random speaker source;
         without: whole utterances (up to max_frames) and `speaker` = "s_v" | "s_a" | "s_g".
@@ -95,7 +98,7 @@ class DenoiserStage:
             full_mel = data.data.mel(i)
             m0, m1 = mel_span(v0, v0 + length, self.ratio, len(full_mel))
             vis.append(torch.from_numpy(data.features(i)[v0 : v0 + length]))
-            mels.append(torch.from_numpy(full_mel[m0:m1]))
+            mels.append(torch.from_numpy(self.cfg.diffusion.normalise(full_mel[m0:m1])))
             if g is not None:
                 u = float(torch.rand((), generator=g))
             else:
@@ -163,7 +166,8 @@ class DenoiserStage:
         return out
 
     def sample_l1(self, data: FeatureSet, idx: list[int], speaker: str = "s_v") -> float:
-        """Masked L1 between DPM-Solver++ samples (EMA weights) and the true log-mels of `idx`."""
+        """Masked L1 between DPM-Solver++ samples (EMA weights) and the true log-mels of `idx`, in log-mel
+        units (both denormalised)."""
         b = self.batch(data, idx, None, speaker=speaker)
         mask = b["mask"]
         keep = torch.zeros(len(idx), dtype=torch.bool)
@@ -175,8 +179,10 @@ class DenoiserStage:
             return self.ema(x_t, t, b["visual"], b["visual_mask"], b["speaker"], mask, keep)
 
         x0 = samplers.sample_dpmpp_2m(denoise, noise, self.schedule, self.sample_steps, mask)
+        norm = self.cfg.diffusion
         w = mask[:, None, :].float()
-        return float(((x0 - b["mel"]).abs() * w).sum() / (w.sum() * x0.shape[1]))
+        err = (norm.denormalise(x0) - norm.denormalise(b["mel"])).abs()
+        return float((err * w).sum() / (w.sum() * x0.shape[1]))
 
     def state_dict(self) -> dict[str, Any]:
         return {

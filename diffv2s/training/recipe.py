@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from diffv2s.config import ModelConfig, preset
@@ -233,9 +234,9 @@ def train(
             elif stage == "speaker":
                 _stage_speaker(run, opts, cfg, stop, settings, log)
             elif stage == "denoiser":
-                _stage_denoiser(run, opts, cfg, stop, settings, log)
+                _stage_denoiser(run, opts, _with_mel_norm(run, cfg), stop, settings, log)
             else:
-                result.checkpoint = export_run(run, opts, cfg, log)
+                result.checkpoint = export_run(run, opts, _with_mel_norm(run, cfg), log)
             run.add_wall(stage, time.perf_counter() - t0)
     if stop.requested:
         result.status = "stopped"
@@ -302,6 +303,23 @@ def _cache(
     run.info["cache"] = summary
     run.save()
     log(f"[cache] done: {summary}")
+
+
+def _with_mel_norm(run: Run, cfg: ModelConfig) -> ModelConfig:
+    """`cfg` with the diffusion's log-mel normalisation (one mean and std over all bands and frames of the
+    train cache), measured once per run and kept in run.json so a resumed run and its export agree."""
+    _require(run, "cache")
+    if "mel_norm" not in run.info:
+        train, _ = _sets(run, cfg)
+        band_mean, band_std = (a.astype(np.float64) for a in train.mel_stats())
+        mean = float(band_mean.mean())
+        std = float(np.sqrt(np.mean(band_std**2 + (band_mean - mean) ** 2)))
+        run.info["mel_norm"] = {"mean": round(mean, 4), "std": round(std, 4)}
+        run.save()
+    norm = run.info["mel_norm"]
+    return dataclasses.replace(
+        cfg, diffusion=dataclasses.replace(cfg.diffusion, mel_mean=norm["mean"], mel_std=norm["std"])
+    )
 
 
 def _sets(run: Run, cfg: ModelConfig) -> tuple[CacheSet, CacheSet | None]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -42,6 +44,23 @@ def test_item_mel_is_the_same_alone_and_in_a_batch_of_four(synth: Synthesizer, s
         (alone,), _ = synth.generate_mels([rois[i]], [params[i]])
         assert alone.shape == batched[i].shape == (80, round(rois[i].n_frames * 22050 / 256 / 25))
         assert (alone - batched[i]).abs().max().item() <= 1e-4
+
+
+def test_samples_are_denormalised_with_the_checkpoint_mel_statistics(synth: Synthesizer) -> None:
+    """The sampler works in the normalised space; the same noise and network give mel·std + mean."""
+    roi = fake_roi(20, seed=3)
+    params = [SynthesisParams(steps=3, seed=9)]
+    plain_cfg = synth.cfg
+    identity = dataclasses.replace(plain_cfg.diffusion, mel_mean=0.0, mel_std=1.0)
+    scaled = dataclasses.replace(plain_cfg.diffusion, mel_mean=-5.5, mel_std=2.25)
+    try:
+        synth.cfg = dataclasses.replace(plain_cfg, diffusion=identity)
+        (raw,), _ = synth.generate_mels([roi], params)
+        synth.cfg = dataclasses.replace(plain_cfg, diffusion=scaled)
+        (mel,), _ = synth.generate_mels([roi], params)
+    finally:
+        synth.cfg = plain_cfg
+    torch.testing.assert_close(mel, raw * 2.25 - 5.5, atol=1e-4, rtol=1e-5)
 
 
 def test_seed_decides_the_noise(synth: Synthesizer) -> None:

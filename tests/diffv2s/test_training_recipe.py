@@ -148,6 +148,21 @@ def test_checkpoint_holds_the_trained_weights(trained: dict[str, object]) -> Non
     assert not torch.allclose(denoiser["ema"][key], denoiser["denoiser"][key])
 
 
+def test_checkpoint_carries_the_train_cache_mel_normalisation(trained: dict[str, object]) -> None:
+    run_dir: Path = trained["run"]  # type: ignore[assignment]
+    cache = CacheSet(run_dir / "cache" / "train", preset("small").video)
+    every = np.concatenate([np.asarray(cache.mel(i), np.float64).ravel() for i in range(len(cache))])
+    ckpt = load_checkpoint(run_dir / "diffv2s-small.pt")
+    diffusion = ckpt.config.diffusion
+    assert diffusion.mel_mean == pytest.approx(every.mean(), abs=1e-3)
+    assert diffusion.mel_std == pytest.approx(every.std(), abs=1e-3)
+    # The denoiser learnt the normalised space: its output bias starts at the normalised band means, so
+    # after a few steps it sits near 0, not near the raw log-mel level.
+    bias = ckpt.state_dict["denoiser.out_proj.bias"]
+    assert abs(diffusion.mel_mean) > 5.0  # the fake cache's log-mel level is about -7.6
+    assert abs(float(bias.mean())) < 0.2 * abs(diffusion.mel_mean)
+
+
 def test_checkpoint_synthesizes_a_real_video(trained: dict[str, object], tmp_path: Path) -> None:
     run_dir: Path = trained["run"]  # type: ignore[assignment]
     synth = Synthesizer.load(run_dir / "diffv2s-small.pt")
