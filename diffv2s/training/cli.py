@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
         help="run one stage only (the earlier ones must have finished)",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --stage export: export the denoiser's last saved EMA weights even if its stage has not "
+        "finished (a run cut short); the checkpoint's meta records it",
+    )
     p.add_argument("--preset", default="small", help="model preset (small | paper)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="processes for the cache step")

@@ -36,8 +36,12 @@ def export_run(run: Run, opts: TrainOptions, cfg: ModelConfig, log: Callable[[st
     into one float16 checkpoint that `Synthesizer.load` reads; also the summary curves."""
     from diffv2s.training.curves import plot_stage
 
-    if not run.stage_done("denoiser"):
-        raise InputError(f"stage 'denoiser' has not finished in {run.dir}; nothing to export yet.")
+    finished = run.stage_done("denoiser")
+    if not finished and not (opts.force and run.state("denoiser").exists()):
+        raise InputError(
+            f"stage 'denoiser' has not finished in {run.dir}; nothing to export yet "
+            "(--force exports its last saved state, if it has one)."
+        )
     from diffv2s.training.recipe import model_with_stages
 
     model = model_with_stages(run, cfg, opts.seed, ("encoder", "speaker", "denoiser"))
@@ -45,6 +49,7 @@ def export_run(run: Run, opts: TrainOptions, cfg: ModelConfig, log: Callable[[st
     records = {name: run.record(name) for name in ("encoder", "speaker", "denoiser")}
     meta: dict[str, Any] = {
         "trained": True,
+        "denoiser_finished": finished,
         "recipe": "diffv2s.training",
         "stage_a": "supervised: encoder frames -> 100 Hz log-mel (L1), plus the audio-only path",
         "corpus": run.info.get("corpus", {}),

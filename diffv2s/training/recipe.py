@@ -78,6 +78,7 @@ class TrainOptions:
     speaker_lr: float = 1e-4
     denoiser_lr: float = 3e-4
     checkpoint: Path | None = None
+    force: bool = False
     progress_bar: bool | None = None
 
     def to_json(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@ from the saved step, and the exported checkpoint loads in the Synthesizer and sp
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from video_fixtures import carphone_path
 
 from diffv2s.checkpoints.store import load_checkpoint
 from diffv2s.config import preset
+from diffv2s.errors import InputError
 from diffv2s.nn.speaker import speaker_loss
 from diffv2s.pipeline import Synthesizer
 from diffv2s.schemas import SynthesisParams, SynthesisRequest
@@ -73,8 +75,23 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, obje
 
     first = train(opts, log=interrupting_log)
     at_stop = stage_record(run_dir / "denoiser" / "state.pt")
+    export = dataclasses.replace(opts, stage="export", checkpoint=run_dir / "cut-short.pt")
+    try:
+        train(export, log=lines.append)
+        refused = ""
+    except InputError as exc:
+        refused = exc.message
+    forced = train(dataclasses.replace(export, force=True), log=lines.append)
     second = train(opts, log=lines.append)
-    yield {"run": run_dir, "first": first, "second": second, "at_stop": at_stop, "lines": lines}
+    yield {
+        "run": run_dir,
+        "first": first,
+        "second": second,
+        "at_stop": at_stop,
+        "lines": lines,
+        "refused": refused,
+        "forced": forced,
+    }
     torch.set_num_threads(threads)
 
 
@@ -121,6 +138,17 @@ def test_sigterm_saves_and_resume_continues_from_the_saved_step(trained: dict[st
     assert any(f"resumed at step {STOP_AT}" in line for line in trained["lines"])  # type: ignore[attr-defined]
     # The earlier stages were not trained again.
     assert second.records["encoder"].step == ENCODER_STEPS  # type: ignore[attr-defined]
+
+
+def test_export_of_a_cut_short_run_needs_force_and_says_so(trained: dict[str, object]) -> None:
+    assert "has not finished" in trained["refused"] and "--force" in trained["refused"]  # type: ignore[operator]
+    forced = trained["forced"]
+    assert forced.checkpoint == trained["run"] / "cut-short.pt"  # type: ignore[attr-defined,operator]
+    ckpt = load_checkpoint(forced.checkpoint)  # type: ignore[attr-defined]
+    assert ckpt.meta["denoiser_finished"] is False
+    assert ckpt.meta["steps"]["denoiser"] == STOP_AT
+    final = load_checkpoint(trained["run"] / "diffv2s-small.pt")  # type: ignore[operator]
+    assert final.meta["denoiser_finished"] is True
 
 
 def test_curves_are_written(trained: dict[str, object]) -> None:
