@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch and Whisper")
     p.add_argument("--cache-dir", type=Path, default=None, help="where the Whisper model is assembled")
     p.add_argument("--audio-dir", type=Path, default=None, help="also write every generated WAV here")
+    p.add_argument(
+        "--mel-figure",
+        type=Path,
+        default=None,
+        help="also write a PNG of the model's vs the ground truth's log-mel for the first utterances",
+    )
+    p.add_argument("--mel-figure-items", type=int, default=3, help="utterances in --mel-figure")
     return p
 
 
@@ -89,6 +96,8 @@ def evaluate_main(argv: list[str]) -> int:
         device=args.device,
         cache_dir=args.cache_dir,
         audio_dir=args.audio_dir,
+        mel_figure=args.mel_figure,
+        mel_figure_items=args.mel_figure_items,
     )
     interactive = sys.stderr.isatty()
     bar = tqdm(desc="evaluate", bar_format="{desc} [{elapsed}]", disable=not interactive)

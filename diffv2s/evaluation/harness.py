@@ -17,6 +17,7 @@ import numpy as np
 from diffv2s.audio import save_wav
 from diffv2s.errors import DiffV2SError
 from diffv2s.evaluation.corpus_data import EvalItem, load_items
+from diffv2s.evaluation.figures import MelPair, write_mel_figure
 from diffv2s.evaluation.scoring import Scorer, UtteranceScore, summarize
 from diffv2s.evaluation.systems import (
     SystemSpec,
@@ -68,6 +69,8 @@ class EvalOptions:
     device: str = "cpu"
     cache_dir: Path | None = None
     audio_dir: Path | None = None
+    mel_figure: Path | None = None  # PNG of the model's vs the ground truth's log-mel, first items
+    mel_figure_items: int = 3
 
 
 @dataclass
@@ -178,12 +181,17 @@ def evaluate(
     rows: dict[str, list[UtteranceScore]] = {}
     computed: dict[tuple[Any, ...], list[UtteranceScore]] = {}
 
+    figure_items = min(len(items), max(0, opts.mel_figure_items)) if opts.mel_figure is not None else 0
+    model_wavs: list[np.ndarray] = []
+
     def score_all(name: str, make: Callable[[range], list[np.ndarray]]) -> None:
         out: list[UtteranceScore] = []
         for batch in _batches(len(items), opts.batch_size):
             wavs = make(batch)
             for k, wav in zip(batch, wavs, strict=True):
                 item = items[k]
+                if name == "model" and k < figure_items:
+                    model_wavs.append(wav)
                 if opts.audio_dir is not None:
                     folder = Path(opts.audio_dir) / name
                     folder.mkdir(parents=True, exist_ok=True)
@@ -242,6 +250,17 @@ def evaluate(
         "ground_truth": system_entry("ground_truth", "the corpus audio itself", None),
         "ablations": {spec.name: system_entry(spec.name, spec.description, spec) for spec in ablations},
     }
+    if opts.mel_figure is not None and model_wavs:
+        pairs = [
+            MelPair(
+                f"{items[k].utt_id}: {items[k].text}",
+                ground_truth_mel(synth, wav).numpy(),
+                ground_truth_mel(synth, items[k].audio).numpy(),
+                synth.cfg.audio.mel_rate,
+            )
+            for k, wav in enumerate(model_wavs)
+        ]
+        report["meta"]["mel_figure"] = str(write_mel_figure(pairs, opts.mel_figure))
     report["meta"]["seconds"] = round(time.perf_counter() - t_start, 1)
     utterances = [{"system": name, **r.to_dict()} for name, rs in rows.items() for r in rs]
     return EvalResult(report, utterances)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,6 +35,7 @@ def evaluated(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[i
     argv = ["--data", str(corpus), "--split", "test_unseen_sentences", "--json", str(out), "--steps", "2"]
     # The sweep's one entry equals the model's settings, so its audio is reused rather than sampled again.
     argv += ["--sweep", "dpmpp-2", "--cache-dir", str(cache), "--limit", "1"]
+    argv += ["--mel-figure", str(out.parent / "mels.png")]
     return evaluate_main(argv), out
 
 
@@ -55,6 +57,21 @@ def test_report_has_every_system_with_every_metric(evaluated: tuple[int, Path]) 
     assert report["meta"]["split"] == "test_unseen_sentences"
     same = report["ablations"]["dpmpp-2"]
     assert all(same[key] == report["model"][key] for key in METRICS)
+
+
+def test_mel_figure_has_one_row_per_utterance(evaluated: tuple[int, Path]) -> None:
+    from PIL import Image
+
+    _, out = evaluated
+    report = json.loads(out.read_text())
+    figure = Path(report["meta"]["mel_figure"])
+    assert figure == out.parent / "mels.png"
+    with Image.open(figure) as image:
+        assert image.format == "PNG"
+        # 12 x 2.6 inches per row at 80 dpi; --limit 1 gives one row (generated | ground truth).
+        assert image.size == (960, 208)
+        pixels = np.asarray(image.convert("L"), dtype=np.float32)
+    assert pixels.std() > 10.0  # the spectrograms were drawn, not an empty canvas
 
 
 def test_ceilings_score_as_ceilings(evaluated: tuple[int, Path]) -> None:
