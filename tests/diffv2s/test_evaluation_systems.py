@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from video_fixtures import fake_roi
 
 from diffv2s.audio import load_wav
 from diffv2s.evaluation.signal_metrics import stoi
@@ -42,19 +43,6 @@ def speech() -> np.ndarray:
     assert spec is not None and spec.submodule_search_locations
     path = Path(next(iter(spec.submodule_search_locations))) / "example_audio_data" / "arctic_a0007.wav"
     return load_wav(path, 22050)
-
-
-def fake_roi(n_frames: int, seed: int) -> MouthROI:
-    rng = np.random.default_rng(seed)
-    return MouthROI(
-        frames=rng.standard_normal((n_frames, 88, 88)).astype(np.float32),
-        face_ratio=1.0,
-        fps=25.0,
-        duration=n_frames / 25.0,
-        n_frames=n_frames,
-        transforms=np.zeros((n_frames, 2, 3)),
-        landmarks=np.zeros((n_frames, 68, 2), np.float32),
-    )
 
 
 def speakers_seen(

@@ -7,32 +7,17 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from video_fixtures import carphone_path
+from video_fixtures import carphone_path, fake_roi
 
 from diffv2s.errors import NoVideoStream, UnsupportedVideo
 from diffv2s.pipeline import Synthesizer
 from diffv2s.schemas import SynthesisParams, SynthesisRequest
-from diffv2s.video.mouth_roi import MouthROI
 
 
 @pytest.fixture(scope="module")
 def synth() -> Synthesizer:
     torch.set_num_threads(2)
     return Synthesizer.load()
-
-
-def fake_roi(n_frames: int, seed: int) -> MouthROI:
-    """A ROI of random pixels: enough to exercise encoder, speaker and sampler without a face detector."""
-    rng = np.random.default_rng(seed)
-    return MouthROI(
-        frames=rng.standard_normal((n_frames, 88, 88)).astype(np.float32),
-        face_ratio=1.0,
-        fps=25.0,
-        duration=n_frames / 25.0,
-        n_frames=n_frames,
-        transforms=np.zeros((n_frames, 2, 3)),
-        landmarks=np.zeros((n_frames, 68, 2), np.float32),
-    )
 
 
 @pytest.mark.parametrize("sampler", ["dpmpp", "ddim", "ddpm"])

