@@ -79,6 +79,11 @@ class DenoiserConfig:
     ffn_mult: int = 4
     dropout: float = 0.0
     max_len: int = 4096
+    # Visual prior (Grad-TTS's mu, from the visual features): a linear head turns each video frame's
+    # features into this many log-mel sub-frames (4 = 100 Hz at 25 fps), resampled to the mel frames; the
+    # estimate is fed to the Transformer beside x_t and the Transformer predicts x0 as a correction of it.
+    # 0 = no prior, which is what checkpoints written before this field existed were trained with.
+    prior_subframes: int = 4
 
 
 @dataclass(frozen=True)
@@ -160,9 +165,15 @@ def _tupleize(value: Any) -> Any:
     return value
 
 
+# Fields added after checkpoints were shipped: absent from a stored config means the value the older
+# code behaved as (not the new default).
+_LEGACY_DEFAULTS: dict[type, dict[str, Any]] = {DenoiserConfig: {"prior_subframes": 0}}
+
+
 def _build(part_cls: type, values: dict[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(part_cls)}
-    return part_cls(**{k: _tupleize(v) for k, v in values.items() if k in known})
+    merged = {**_LEGACY_DEFAULTS.get(part_cls, {}), **values}
+    return part_cls(**{k: _tupleize(v) for k, v in merged.items() if k in known})
 
 
 ENCODER_PRESETS: dict[str, EncoderConfig] = {

@@ -49,6 +49,13 @@ class Denoiser(nn.Module):
     with sinusoidal frame positions. The timestep goes through a sinusoid + MLP and is added at the input
     of every layer (one linear per layer). `drop_cond` swaps an item's visual features and speaker
     embedding for learned null vectors (classifier-free guidance).
+
+    With `cfg.prior_subframes` = r > 0 a visual prior mu (as Grad-TTS's encoder output) is added: a linear
+    head reads each video frame's features and writes r log-mel sub-frames (r x fps, 100 Hz for r = 4, so
+    the mouth's movement within a video frame is not lost to interpolation), resampled to the mel frames.
+    mu enters the Transformer beside x_t and the output is mu + a correction. Training initialises the
+    head from the visual encoder stage's own mel head, so the denoiser starts from the estimate the
+    encoder already makes instead of having to relearn it from interpolated features.
     """
 
     def __init__(
@@ -64,7 +71,11 @@ class Denoiser(nn.Module):
         self.n_mels = n_mels
         self.frame_ratio = float(frame_ratio)
         w = cfg.width
-        self.in_proj = nn.Linear(n_mels, w)
+        self.prior_subframes = int(cfg.prior_subframes)
+        self.prior = (
+            nn.Linear(visual_dim, self.prior_subframes * n_mels) if self.prior_subframes > 0 else None
+        )
+        self.in_proj = nn.Linear(n_mels * (2 if self.prior is not None else 1), w)
         self.cond_proj = nn.Linear(visual_dim + speaker_dim, w)
         self.null_visual = nn.Parameter(torch.zeros(visual_dim))
         self.null_speaker = nn.Parameter(torch.zeros(speaker_dim))
@@ -94,21 +105,41 @@ class Denoiser(nn.Module):
         Returns x0_hat: [B, n_mels, T], zero at padded frames.
         """
         n = x_t.shape[2]
-        vis = resample_to_frames(visual, visual_mask, n, self.frame_ratio)  # [B, T, Dv]
         spk = speaker
         if drop_cond is not None:
             drop = drop_cond.to(torch.bool)
-            vis = torch.where(drop[:, None, None], self.null_visual.to(vis.dtype), vis)
+            visual = torch.where(drop[:, None, None], self.null_visual.to(visual.dtype), visual)
             spk = torch.where(drop[:, None], self.null_speaker.to(spk.dtype), spk)
+        vis = resample_to_frames(visual, visual_mask, n, self.frame_ratio)  # [B, T, Dv]
         cond = torch.cat([vis, spk[:, None, :].expand(-1, vis.shape[1], -1)], dim=-1)
+
+        x_in = x_t.transpose(1, 2)
+        mu = None
+        if self.prior is not None:
+            mu = self.prior_mel(visual, visual_mask, n).to(x_t.dtype)  # [B, T, n_mels]
+            x_in = torch.cat([x_in, mu], dim=-1)
 
         w = self.cfg.width
         positions = torch.arange(n, device=x_t.device, dtype=torch.float32)
         pos_emb = sinusoidal_embedding(positions, w).to(x_t.dtype)
-        h = self.drop(self.in_proj(x_t.transpose(1, 2)) + self.cond_proj(cond.to(x_t.dtype)) + pos_emb)
+        h = self.drop(self.in_proj(x_in) + self.cond_proj(cond.to(x_t.dtype)) + pos_emb)
         t_emb = F.silu(self.time_mlp(sinusoidal_embedding(t, w).to(x_t.dtype)))  # [B, W]
         attn = attention_mask(mask)
         for time_proj, layer in zip(self.time_proj, self.layers, strict=True):
             h = layer(h + time_proj(t_emb)[:, None, :], attn)
-        out = self.out_proj(self.norm_out(h)) * mask[..., None].to(h.dtype)
+        out = self.out_proj(self.norm_out(h))
+        if mu is not None:
+            out = out + mu
+        out = out * mask[..., None].to(h.dtype)
         return out.transpose(1, 2)
+
+    def prior_mel(self, visual: torch.Tensor, visual_mask: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """The visual prior mu in the diffusion's data space: visual [B, Tv, Dv] (already swapped for the
+        null vector where the condition is dropped), visual_mask [B, Tv] -> [B, n_frames, n_mels]."""
+        if self.prior is None:
+            raise RuntimeError("this denoiser has no visual prior (prior_subframes = 0)")
+        b = visual.shape[0]
+        r = self.prior_subframes
+        sub = self.prior(visual).reshape(b, -1, self.n_mels)  # [B, Tv * r, n_mels]
+        sub_mask = visual_mask[:, :, None].expand(-1, -1, r).reshape(b, -1)
+        return resample_to_frames(sub, sub_mask, n_frames, self.frame_ratio / r)

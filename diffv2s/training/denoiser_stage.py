@@ -6,7 +6,10 @@ Conditioning per item: f_v of its (cropped) clip and a speaker embedding that is
 inference uses) most of the time and otherwise s_a (the prompt-tuned extractor on the true audio) or s_G
 (GE2E), so the ablations that swap in an audio-derived embedding stay in distribution. With probability
 `cfg.diffusion.cond_dropout` both conditions are replaced by the learned null vectors, which classifier-
-free guidance needs.
+free guidance needs. The denoiser's visual prior mu (`cfg.denoiser.prior_subframes`) starts from the visual
+encoder stage's mel head (`prior_from_encoder_head`) and is kept an estimate of the mel in its own right by
+an auxiliary masked L1 to the target (weight `prior_weight`, conditioned items only), as Grad-TTS does for
+its encoder output.
 """
 
 from __future__ import annotations
@@ -20,10 +23,29 @@ import torch
 from diffv2s.diffusion import samplers
 from diffv2s.diffusion.schedule import diffusion_loss, make_schedule
 from diffv2s.model import DiffV2S
+from diffv2s.nn.denoiser import Denoiser
 from diffv2s.training.batches import crop_start, draw, mel_span, pad_time
 from diffv2s.training.features import FeatureSet
 
 EVAL_TIMESTEPS = (50, 200, 400, 600, 800, 950)
+
+
+def prior_from_encoder_head(
+    head: dict[str, torch.Tensor],
+    band_mean: np.ndarray,
+    band_std: np.ndarray,
+    mel_mean: float,
+    mel_std: float,
+) -> dict[str, torch.Tensor]:
+    """The encoder stage's head (r sub-frames x n_mels outputs, per-band normalised log-mel) rewritten as
+    weights for the denoiser's prior (the diffusion's globally normalised log-mel): the same estimate in
+    other units. log-mel = z * band_std + band_mean; data = (log-mel - mel_mean) / mel_std."""
+    weight, bias = head["weight"].float(), head["bias"].float()
+    n_mels = len(band_mean)
+    r = weight.shape[0] // n_mels
+    scale = torch.as_tensor(np.tile(np.asarray(band_std, np.float32) / mel_std, r))
+    shift = torch.as_tensor(np.tile((np.asarray(band_mean, np.float32) - mel_mean) / mel_std, r))
+    return {"weight": weight * scale[:, None], "bias": bias * scale + shift}
 
 
 class DenoiserStage:
@@ -36,6 +58,8 @@ class DenoiserStage:
         val: FeatureSet | None,
         *,
         mel_mean: np.ndarray | None = None,
+        prior_init: dict[str, torch.Tensor] | None = None,
+        prior_weight: float = 1.0,
         batch_size: int = 16,
         max_frames: int = 150,
         p_audio_speaker: float = 0.2,
@@ -54,9 +78,19 @@ class DenoiserStage:
             # Start from predicting the average spectrum: the raw log-mel sits around -6, far from the
             # zero a fresh output layer gives, and learning that offset would waste the first steps.
             # (In the diffusion's normalised space: `cfg.diffusion.normalise`.)
-            start = model.cfg.diffusion.normalise(np.asarray(mel_mean, dtype=np.float32))
+            # With a visual prior the prior carries that offset and the output layer adds a correction.
+            start = torch.as_tensor(model.cfg.diffusion.normalise(np.asarray(mel_mean, dtype=np.float32)))
+            prior = self.denoiser.prior
             with torch.no_grad():
-                self.denoiser.out_proj.bias.copy_(torch.as_tensor(start, dtype=torch.float32))
+                if prior is None:
+                    self.denoiser.out_proj.bias.copy_(start.float())
+                else:
+                    self.denoiser.out_proj.bias.zero_()
+                    prior.bias.copy_(start.float().repeat(self.denoiser.prior_subframes))
+        if prior_init is not None:
+            if self.denoiser.prior is None:
+                raise ValueError("prior_init given but the denoiser has no visual prior")
+            self.denoiser.prior.load_state_dict(prior_init)
         self.ema = copy.deepcopy(self.denoiser).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -68,6 +102,7 @@ class DenoiserStage:
         self.ema_decay, self.grad_clip = ema_decay, grad_clip
         self.eval_items, self.sample_items, self.sample_steps = eval_items, sample_items, sample_steps
         self.seed = seed
+        self.prior_weight = prior_weight
         self.optimizer = torch.optim.AdamW(
             self.denoiser.parameters(), lr=3e-4, betas=(0.9, 0.99), weight_decay=weight_decay
         )
@@ -125,12 +160,26 @@ class DenoiserStage:
             group["lr"] = lr
         cond = (b["visual"], b["visual_mask"], b["speaker"], b["mask"], drop)
         loss = diffusion_loss(self.denoiser, b["mel"], b["mask"], self.schedule, cond=cond, generator=g)
+        out = {"l1": loss.item()}
+        total = loss
+        if self.denoiser.prior is not None and self.prior_weight > 0:
+            prior_l1 = self._prior_l1(self.denoiser, b, keep=~drop)
+            total = loss + self.prior_weight * prior_l1
+            out["prior_l1"] = prior_l1.item()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), self.grad_clip)
         self.optimizer.step()
         self._update_ema(step)
-        return {"l1": loss.item()}
+        return out
+
+    @staticmethod
+    def _prior_l1(denoiser: Denoiser, b: dict[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
+        """Masked L1 (data space) between the visual prior and the target mel over the items in `keep`."""
+        mel = b["mel"]
+        mu = denoiser.prior_mel(b["visual"], b["visual_mask"], mel.shape[2]).transpose(1, 2)
+        w = (b["mask"] & keep[:, None])[:, None, :].to(mel.dtype)
+        return ((mu - mel).abs() * w).sum() / (w.sum() * mel.shape[1]).clamp(min=1.0)
 
     @torch.no_grad()
     def _update_ema(self, step: int) -> None:
@@ -160,6 +209,10 @@ class DenoiserStage:
                 float(diffusion_loss(self.ema, b["mel"], b["mask"], self.schedule, cond, t=tt, noise=noise))
             )
         out = {"val_l1": float(np.mean(losses))}
+        if self.ema.prior is not None:
+            # In log-mel units like val_sample_l1, so the two read side by side.
+            prior = self._prior_l1(self.ema, b, keep=~keep)
+            out["val_prior_l1"] = float(prior) * self.cfg.diffusion.mel_std
         n = min(len(idx), self.sample_items)
         if n:
             out["val_sample_l1"] = self.sample_l1(data, idx[:n])

@@ -419,9 +419,34 @@ def _stage_denoiser(
     model = build_initial_model(cfg, opts.seed)
     train_f = FeatureSet(train, feats / "train")
     val_f = FeatureSet(val, feats / "val") if val is not None else None
-    mean, _ = train.mel_stats()
+    mean, std = train.mel_stats()
+    prior_init = None
+    if model.denoiser.prior is not None and not run.state("denoiser").exists():
+        prior_init = _prior_from_encoder(run, cfg, mean, std, log)
     stage = DenoiserStage(
-        model, train_f, val_f, mel_mean=mean, batch_size=opts.denoiser_batch, seed=opts.seed
+        model,
+        train_f,
+        val_f,
+        mel_mean=mean,
+        prior_init=prior_init,
+        batch_size=opts.denoiser_batch,
+        seed=opts.seed,
     )
     budget = Budget(budgets["denoiser"], opts.denoiser_steps, lr=opts.denoiser_lr)
     run_stage(stage, run.state("denoiser"), budget, stop, settings, log)
+
+
+def _prior_from_encoder(
+    run: Run, cfg: ModelConfig, band_mean: np.ndarray, band_std: np.ndarray, log: Callable[[str], None]
+) -> dict[str, torch.Tensor] | None:
+    """The encoder stage's mel head as the denoiser prior's starting weights, when its shape fits."""
+    from diffv2s.training.denoiser_stage import prior_from_encoder_head
+
+    saved = load_state(run.state("encoder"))
+    head = None if saved is None else saved["stage"].get("head")
+    want = cfg.denoiser.prior_subframes * cfg.audio.n_mels
+    if head is None or head["weight"].shape[0] != want:
+        log("[denoiser] visual prior starts untrained (no encoder head of matching shape)")
+        return None
+    d = cfg.diffusion
+    return prior_from_encoder_head(head, band_mean, band_std, d.mel_mean, d.mel_std)

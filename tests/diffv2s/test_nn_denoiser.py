@@ -163,3 +163,88 @@ def test_presets_build(name: str) -> None:
     assert den.layers[0].self_attn.q_proj.weight.shape == (cfg.denoiser.width, cfg.denoiser.width)
     if name == "paper":
         assert (cfg.denoiser.layers, cfg.denoiser.width, cfg.denoiser.heads) == (8, 512, 4)
+
+
+def test_visual_prior_reads_sub_frames_at_their_own_rate() -> None:
+    # Features = the video frame's index v; the head writes sub-frame s of frame v as r * v + s, i.e. the
+    # sub-frame's own index. Mel frame j must read sub-frame position (j + 0.5) * r / ratio - 0.5, clamped
+    # to the item's last valid sub-frame.
+    den = _denoiser()
+    r = den.prior_subframes
+    assert den.prior is not None and r == 4
+    with torch.no_grad():
+        den.prior.weight.zero_()
+        den.prior.weight[:, 0] = float(r)
+        den.prior.bias.copy_(torch.arange(r, dtype=torch.float32).repeat_interleave(N_MELS))
+    visual = torch.zeros(2, 6, DV)
+    visual[..., 0] = torch.arange(6.0)
+    vmask = _masks([6, 4], 6)
+    with torch.no_grad():
+        mu = den.prior_mel(visual, vmask, 20)  # [2, 20, N_MELS]
+    j = torch.arange(20.0)
+    pos = (j + 0.5) * r / RATIO - 0.5
+    torch.testing.assert_close(mu[0, :, 3], pos.clamp(0, 6 * r - 1))
+    torch.testing.assert_close(mu[1, :, 3], pos.clamp(0, 4 * r - 1))
+
+
+def test_prior_is_fed_in_and_the_output_corrects_it() -> None:
+    den = _denoiser()
+    torch.manual_seed(5)
+    args = [
+        torch.randn(1, N_MELS, 15),
+        torch.tensor([900.0]),
+        torch.randn(1, 5, DV),
+        torch.ones(1, 5, dtype=torch.bool),
+        torch.randn(1, 256),
+        torch.ones(1, 15, dtype=torch.bool),
+    ]
+    with torch.no_grad():
+        base = den(*args)
+        mu = den.prior_mel(args[2], args[3], 15).transpose(1, 2)
+        assert den.prior is not None
+        den.prior.bias.add_(1.0)  # the prior moves by exactly 1 ...
+        moved = den(*args)
+    shift = moved - base
+    # ... and the output by 1 plus whatever the Transformer makes of its changed input (not nothing).
+    assert torch.allclose(den.prior_mel(args[2], args[3], 15).transpose(1, 2), mu + 1.0)
+    assert not torch.allclose(shift, torch.ones_like(shift), atol=1e-4)
+    with torch.no_grad():
+        den.out_proj.weight.zero_()
+        den.out_proj.bias.zero_()
+        only_prior = den(*args)
+    torch.testing.assert_close(only_prior, mu + 1.0)
+
+
+def test_prior_can_be_switched_off_for_older_checkpoints() -> None:
+    from diffv2s.config import ModelConfig
+
+    den = Denoiser(DenoiserConfig(layers=1, width=32, heads=4, prior_subframes=0), N_MELS, DV)
+    assert den.prior is None and den.in_proj.in_features == N_MELS
+    with pytest.raises(RuntimeError, match="no visual prior"):
+        den.prior_mel(torch.randn(1, 3, DV), torch.ones(1, 3, dtype=torch.bool), 10)
+    # A stored config written before the field existed means the layout those checkpoints have.
+    stored = ModelConfig().to_dict()
+    assert stored["denoiser"].pop("prior_subframes") == 4
+    assert ModelConfig.from_dict(stored).denoiser.prior_subframes == 0
+    stored["denoiser"]["prior_subframes"] = 2
+    assert ModelConfig.from_dict(stored).denoiser.prior_subframes == 2
+
+
+def test_prior_starts_as_the_encoder_heads_estimate_in_diffusion_units() -> None:
+    import numpy as np
+
+    from diffv2s.training.denoiser_stage import prior_from_encoder_head
+
+    torch.manual_seed(6)
+    r = 4
+    head = torch.nn.Linear(DV, r * N_MELS)
+    band_mean, band_std = np.random.default_rng(0).normal(-6, 1, N_MELS), np.linspace(0.5, 3.0, N_MELS)
+    mel_mean, mel_std = -5.5, 2.2
+    prior = torch.nn.Linear(DV, r * N_MELS)
+    prior.load_state_dict(prior_from_encoder_head(head.state_dict(), band_mean, band_std, mel_mean, mel_std))
+    feats = torch.randn(7, DV)
+    with torch.no_grad():
+        z = head(feats).reshape(7, r, N_MELS)  # per-band normalised, as the encoder stage trains it
+        log_mel = z * torch.tensor(band_std).float() + torch.tensor(band_mean).float()
+        got = prior(feats).reshape(7, r, N_MELS)
+    torch.testing.assert_close(got, (log_mel - mel_mean) / mel_std, atol=1e-5, rtol=1e-5)

@@ -106,6 +106,36 @@ def test_each_stage_loss_falls(trained: dict[str, object]) -> None:
     assert evals["val_video_l1"][-1] < 0.9 * evals["val_video_l1"][0]
 
 
+def test_denoiser_prior_starts_as_the_encoder_heads_estimate(trained: dict[str, object]) -> None:
+    """The prior built from the encoder stage's head, on the cached features, already beats predicting the
+    average mel (so the conversion kept the head's estimate) and the log says where it came from."""
+    from diffv2s.nn.denoiser import Denoiser
+    from diffv2s.training.recipe import _prior_from_encoder, _with_mel_norm
+
+    run_dir: Path = trained["run"]  # type: ignore[assignment]
+    run = Run(run_dir)
+    cfg = _with_mel_norm(run, preset("small"))
+    data = CacheSet(run_dir / "cache" / "train", cfg.video)
+    feats = FeatureSet(data, run_dir / "features" / "train", with_speaker=False)
+    mean, std = data.mel_stats()
+    messages: list[str] = []
+    init = _prior_from_encoder(run, cfg, mean, std, messages.append)
+    assert init is not None and not messages
+    den = Denoiser(cfg.denoiser, cfg.audio.n_mels, cfg.encoder.embed_dim)
+    assert den.prior is not None
+    den.prior.load_state_dict(init)
+    errs, base = [], []
+    norm_mean = torch.as_tensor(cfg.diffusion.normalise(mean), dtype=torch.float32)
+    with torch.no_grad():
+        for i in range(len(data)):
+            target = torch.from_numpy(cfg.diffusion.normalise(data.mel(i))).float()
+            f = torch.from_numpy(feats.features(i)).float()[None]
+            mu = den.prior_mel(f, torch.ones(f.shape[:2], dtype=torch.bool), len(target))[0]
+            errs.append(float((mu - target).abs().mean()))
+            base.append(float((norm_mean - target).abs().mean()))
+    assert np.mean(errs) < 0.9 * np.mean(base), (np.mean(errs), np.mean(base))
+
+
 def test_speaker_stage_loss_is_far_below_the_untrained_extractor(trained: dict[str, object]) -> None:
     run_dir: Path = trained["run"]  # type: ignore[assignment]
     cfg = preset("small")
