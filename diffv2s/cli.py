@@ -31,7 +31,8 @@ def _add_synthesize(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--engine",
         default="torch",
-        help="torch | onnxruntime | onnxruntime-cpu | onnxruntime-cuda | onnxruntime-trt | tensorrt | tensorrt-fp32",
+        help="torch | onnxruntime | onnxruntime-cpu | onnxruntime-cpu-int8 | onnxruntime-cuda | onnxruntime-trt | "
+        "tensorrt | tensorrt-fp32",
     )
     p.add_argument("--engine-dir", type=Path, default=None, help="folder of exported engines")
     p.add_argument("--sampler", default="dpmpp", choices=["ddpm", "ddim", "dpmpp"])

@@ -12,7 +12,10 @@ vocoder weights hash) and a backend refuses to start on a file that does not bel
 runs with: a mismatch is a start-up `CheckpointError`, never wrong audio.
 
 Backends here: "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-trt" (execution providers in the order
-TensorRT -> CUDA -> CPU) and "onnxruntime" (CUDA on a CUDA device, else CPU). ONNX Runtime silently falls
+TensorRT -> CUDA -> CPU) and "onnxruntime" (CUDA on a CUDA device, else CPU). "onnxruntime-cpu-int8" is
+the CPU backend with the denoiser (the network the sampling loop calls 10-25 times per job) replaced by
+`denoiser.int8.onnx`, its weight MatMuls quantised to int8 (`diffv2s export --int8`); its output is not
+float-equal to torch's, so `diffv2s export verify` holds it to its own, looser tolerance. ONNX Runtime silently falls
 back to the CPU provider when CUDA or TensorRT libraries cannot be loaded; `build_engines` compares the
 provider each session really runs on with the one asked for and raises `EngineUnavailable` otherwise.
 "tensorrt" / "tensorrt-fp32" (native engines) live in `diffv2s.engines_trt`.
@@ -50,7 +53,11 @@ ORT_ENGINES: dict[str, tuple[str, ...]] = {
     "onnxruntime-cpu": (CPU,),
     "onnxruntime-cuda": (CUDA, CPU),
     "onnxruntime-trt": (TRT, CUDA, CPU),
+    "onnxruntime-cpu-int8": (CPU,),
 }
+# Engines that run the int8 denoiser file; every other network stays float32.
+INT8_ENGINES = frozenset({"onnxruntime-cpu-int8"})
+WEIGHTS = ("fp32", "int8")  # "weights" metadata: float32 export, or dynamic int8 quantisation of it
 ENGINE_NAMES = ("torch", "onnxruntime", *ORT_ENGINES, "tensorrt", "tensorrt-fp32")
 
 
@@ -115,8 +122,11 @@ def network_specs(cfg: ModelConfig) -> dict[str, NetworkSpec]:
     }
 
 
-def onnx_path(engine_dir: Path, network: str) -> Path:
-    return Path(engine_dir) / f"{network}.onnx"
+def onnx_path(engine_dir: Path, network: str, weights: str = "fp32") -> Path:
+    """`{network}.onnx`, or `{network}.int8.onnx` for the int8-quantised file."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights {weights!r}: choose one of {WEIGHTS}")
+    return Path(engine_dir) / (f"{network}.onnx" if weights == "fp32" else f"{network}.{weights}.onnx")
 
 
 # --------------------------------------------------------------------------------------------- metadata
@@ -129,7 +139,9 @@ def vocoder_weights_sha256(cfg: ModelConfig) -> str:
     return file_sha256(resolve_weights(cfg.vocoder.weights))
 
 
-def engine_metadata(network: str, cfg: ModelConfig, checkpoint_sha256: str) -> dict[str, str]:
+def engine_metadata(
+    network: str, cfg: ModelConfig, checkpoint_sha256: str, weights: str = "fp32"
+) -> dict[str, str]:
     """The metadata_props an exported file carries, and what a backend expects to find in it."""
     spec = network_specs(cfg)[network]
     meta = {
@@ -140,6 +152,7 @@ def engine_metadata(network: str, cfg: ModelConfig, checkpoint_sha256: str) -> d
         "config": json.dumps(cfg.to_dict(), sort_keys=True),
         "axes": spec.axes_json(),
         "vocoder_weights_sha256": vocoder_weights_sha256(cfg) if network == "vocoder" else "",
+        "weights": weights,
     }
     return {META + k: v for k, v in meta.items()}
 
@@ -162,13 +175,18 @@ def read_metadata(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def check_engine_file(path: Path, network: str, ckpt: Checkpoint, hint: str = "") -> dict[str, str]:
-    """Raise CheckpointError unless `path` is the `network` exported from `ckpt`. Returns its metadata."""
-    hint = hint or f"Re-export: diffv2s export --checkpoint {ckpt.path or 'CKPT'} --out {Path(path).parent}"
+def check_engine_file(
+    path: Path, network: str, ckpt: Checkpoint, hint: str = "", weights: str = "fp32"
+) -> dict[str, str]:
+    """Raise CheckpointError unless `path` is the `network` exported from `ckpt` (with `weights`: "fp32" or
+    "int8"). Returns its metadata."""
+    if not hint:
+        flag = " --int8" if weights == "int8" else ""
+        hint = f"Re-export: diffv2s export --checkpoint {ckpt.path or 'CKPT'}{flag} --out {Path(path).parent}"
     if not Path(path).is_file():
         raise CheckpointError(f"Engine file {path} does not exist. {hint}")
     meta = read_metadata(path)
-    want = engine_metadata(network, ckpt.config, ckpt.sha256)
+    want = engine_metadata(network, ckpt.config, ckpt.sha256, weights)
 
     def field(key: str) -> str:
         return meta.get(META + key, "")
@@ -200,6 +218,11 @@ def check_engine_file(path: Path, network: str, ckpt: Checkpoint, hint: str = ""
     if got_cfg != want_cfg:
         parts = sorted(k for k in want_cfg if not isinstance(got_cfg, dict) or got_cfg.get(k) != want_cfg[k])
         raise CheckpointError(f"{path} was exported with a different model config (parts: {parts}). {hint}")
+    # Files written before the field existed are float32 exports.
+    if (field("weights") or "fp32") != weights:
+        raise CheckpointError(
+            f"{path} holds {field('weights') or 'fp32'} weights, expected {weights}. {hint}"
+        )
     if field("axes") != want[META + "axes"]:
         raise CheckpointError(
             f"{path} has inputs/outputs {field('axes')} instead of {want[META + 'axes']}. {hint}"
@@ -319,8 +342,8 @@ def build_engines(
 ) -> Engines:
     """Engines of a non-torch backend from the exported files in `engine_dir`, checked against `ckpt`.
 
-    engine: "onnxruntime" | "onnxruntime-cpu" | "onnxruntime-cuda" | "onnxruntime-trt" | "tensorrt" (fp16)
-    | "tensorrt-fp32".
+    engine: "onnxruntime" | "onnxruntime-cpu" | "onnxruntime-cpu-int8" | "onnxruntime-cuda" |
+    "onnxruntime-trt" | "tensorrt" (fp16) | "tensorrt-fp32".
     model/vocoder: the loaded torch modules (speaker guidance and Griffin-Lim stay in torch).
     threads: ONNX Runtime intra-op threads (default: torch's thread count, which the worker sets).
     """
@@ -342,11 +365,14 @@ def build_engines(
     for name in NETWORKS:
         if name == "vocoder" and cfg.vocoder.kind != "hifigan":
             continue
-        path = onnx_path(engine_dir, name)
-        check_engine_file(path, name, ckpt)
+        weights = "int8" if name == "denoiser" and engine in INT8_ENGINES else "fp32"
+        path = onnx_path(engine_dir, name, weights)
+        check_engine_file(path, name, ckpt, weights=weights)
         sessions[name] = open_session(path, engine, device, specs[name], cfg, threads)
     details = {name: ",".join(net.providers) for name, net in sessions.items()}
     details.update(files=str(engine_dir), provider=ORT_ENGINES[engine][0])
+    if engine in INT8_ENGINES:
+        details["denoiser_weights"] = "int8 (dynamic quantisation)"
     return assemble_engines(engine, model, vocoder, device, sessions, details)
 
 

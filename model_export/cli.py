@@ -1,6 +1,6 @@
 """`diffv2s export ...` (registered through the `diffv2s.commands` entry point).
 
-    diffv2s export [--checkpoint CKPT] --out DIR [--networks encoder,speaker,denoiser,vocoder]
+    diffv2s export [--checkpoint CKPT] --out DIR [--networks encoder,speaker,denoiser,vocoder] [--int8]
     diffv2s export verify --engines DIR [--checkpoint CKPT] [--engine NAME ...] [--video carphone|none|PATH]
     diffv2s export tensorrt --engines DIR [--checkpoint CKPT] [--fp32]   (build the TensorRT engine cache now)
 
@@ -33,6 +33,11 @@ def _export(argv: list[str]) -> int:
         "--networks", default=",".join(NETWORKS), help="comma-separated subset of " + ",".join(NETWORKS)
     )
     p.add_argument("--opset", type=int, default=OPSET)
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write denoiser.int8.onnx (int8 weights) for the 'onnxruntime-cpu-int8' engine",
+    )
     args = p.parse_args(argv)
     networks = [n.strip() for n in args.networks.split(",") if n.strip()]
     unknown = sorted(set(networks) - set(NETWORKS))
@@ -40,9 +45,11 @@ def _export(argv: list[str]) -> int:
         p.error(f"unknown networks {unknown}; choose from {','.join(NETWORKS)}")
     ckpt = load_checkpoint(args.checkpoint)
     t0 = time.perf_counter()
-    paths = export_onnx(ckpt, args.out, networks, args.opset)
+    if args.int8 and "denoiser" not in networks:
+        p.error("--int8 quantises the denoiser: include it in --networks")
+    paths = export_onnx(ckpt, args.out, networks, args.opset, int8=args.int8)
     for name, path in paths.items():
-        print(f"{name:<9} {path}  ({path.stat().st_size / 1e6:.1f} MB)")
+        print(f"{name:<13} {path}  ({path.stat().st_size / 1e6:.1f} MB)")
     print(
         f"exported {len(paths)} networks of checkpoint {ckpt.sha256[:12]} in {time.perf_counter() - t0:.1f} s"
     )

@@ -21,7 +21,14 @@ from torch import nn
 
 from diffv2s.checkpoints.store import Checkpoint
 from diffv2s.config import ModelConfig
-from diffv2s.engines_onnx import NETWORKS, NetworkSpec, engine_metadata, network_specs, onnx_path
+from diffv2s.engines_onnx import (
+    META,
+    NETWORKS,
+    NetworkSpec,
+    engine_metadata,
+    network_specs,
+    onnx_path,
+)
 from diffv2s.errors import CheckpointError
 from diffv2s.model import DiffV2S
 
@@ -237,17 +244,48 @@ def export_network(
     return path
 
 
+def quantize_int8(fp32_path: Path, out_path: Path) -> Path:
+    """Dynamic int8 quantisation of an exported file (ONNX Runtime's `quantize_dynamic`): the MatMuls with
+    a weight (every linear layer) get per-output-channel signed int8 weights, and their activations are
+    quantised to uint8 on the fly at each call; MatMuls of two activations (attention scores and mixing)
+    and everything else stay float32. Metadata is the float file's with `weights` = "int8"."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = out_path.with_suffix(".tmp.onnx")
+    quantize_dynamic(
+        str(fp32_path),
+        str(tmp),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul"],
+        extra_options={"MatMulConstBOnly": True},
+    )
+    meta = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
+    if META + "format" not in meta:
+        raise CheckpointError(f"{fp32_path} is not a DiffV2S engine file; export it first.")
+    meta[META + "weights"] = "int8"
+    model = onnx.load(str(tmp))
+    onnx.helper.set_model_props(model, meta)
+    model.producer_name = "diffv2s-export"
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp))
+    tmp.replace(out_path)
+    return out_path
+
+
 def export_onnx(
     ckpt: Checkpoint,
     out_dir: Path,
     networks: Sequence[str] = NETWORKS,
     opset: int = OPSET,
     vocoder_generator: nn.Module | None = None,
+    int8: bool = False,
 ) -> dict[str, Path]:
     """Export `networks` of a checkpoint into `out_dir` as <network>.onnx. Returns {network: path}.
 
     The vocoder is exported only for a HiFi-GAN config (Griffin-Lim has no network); its generator is
-    loaded from the config's weights unless `vocoder_generator` is given.
+    loaded from the config's weights unless `vocoder_generator` is given. With `int8` (and the denoiser
+    among `networks`) the denoiser is also written as denoiser.int8.onnx (key "denoiser.int8").
     """
     model = load_model(ckpt)
     cfg = ckpt.config
@@ -262,4 +300,6 @@ def export_onnx(
                 vocoder_generator = load_hifigan(resolve_weights(cfg.vocoder.weights), cfg.vocoder)
         module = network_module(name, model, vocoder_generator)
         out[name] = export_network(name, module, cfg, ckpt.sha256, onnx_path(out_dir, name), opset)
+    if int8 and "denoiser" in out:
+        out["denoiser.int8"] = quantize_int8(out["denoiser"], onnx_path(out_dir, "denoiser", "int8"))
     return out

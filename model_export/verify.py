@@ -9,8 +9,8 @@ Checks per engine (all compared on the CPU, the reference is the torch model on 
                        engine runs its own encoder -> speaker -> denoiser chain
     mel/guided         mel/random with speaker guidance on (the engines keep the torch gradient path)
 
-Error figures: max_abs = max |engine - torch|; rel = max_abs / max |torch|. A check passes when
-max_abs <= atol + rtol * max |torch|.
+Error figures: max_abs = max |engine - torch|; mean_abs = mean |engine - torch|; rel = max_abs / max |torch|.
+A check passes when max_abs <= atol + rtol * max |torch| and mean_abs <= mean_atol.
 """
 
 from __future__ import annotations
@@ -29,7 +29,16 @@ from diffv2s.config import ModelConfig
 from diffv2s.diffusion import guidance, samplers
 from diffv2s.diffusion.schedule import make_schedule
 from diffv2s.engines import Engines, torch_engines
-from diffv2s.engines_onnx import CUDA, TRT, build_engines, network_specs
+from diffv2s.engines_onnx import (
+    CPU,
+    CUDA,
+    INT8_ENGINES,
+    ORT_ENGINES,
+    TRT,
+    build_engines,
+    network_specs,
+    onnx_path,
+)
 from diffv2s.errors import DiffV2SError
 from model_export.onnx_export import example_inputs, load_model
 
@@ -38,11 +47,19 @@ from model_export.onnx_export import example_inputs, load_model
 class Tolerance:
     atol: float
     rtol: float
+    mean_atol: float = math.inf  # bound on the mean |engine - torch| (the int8 engine's main criterion)
 
 
 # fp32 engines must match torch to float rounding; fp16 TensorRT gets a budget for half precision
 # (not yet measured on a GPU: adjust with --atol/--rtol once it is).
-TOLERANCES = {"fp32": Tolerance(1e-3, 1e-4), "fp16": Tolerance(5e-2, 2e-2)}
+# int8 (the denoiser's weights quantised) is judged mainly by the mean error: on the shipped checkpoint the
+# final log-mel after 10 DPM-Solver++ steps differs from torch's by 0.015 on average (carphone) with
+# single cells up to 0.5, against ~0.7 between the model's mel and the true one.
+TOLERANCES = {
+    "fp32": Tolerance(1e-3, 1e-4),
+    "fp16": Tolerance(5e-2, 2e-2),
+    "int8": Tolerance(1e-3, 0.5, mean_atol=0.05),
+}
 
 
 @dataclass
@@ -54,6 +71,7 @@ class Check:
     bound: float
     passed: bool
     note: str = ""
+    mean_abs: float = 0.0
 
 
 def compare(engine: str, check: str, got: torch.Tensor, ref: torch.Tensor, tol: Tolerance) -> Check:
@@ -63,10 +81,12 @@ def compare(engine: str, check: str, got: torch.Tensor, ref: torch.Tensor, tol: 
             engine, check, math.inf, math.inf, 0.0, False, f"shape {tuple(got.shape)} != {tuple(ref.shape)}"
         )
     scale = float(ref.abs().max()) if ref.numel() else 0.0
-    err = float((got - ref).abs().max()) if ref.numel() else 0.0
+    diff = (got - ref).abs()
+    err = float(diff.max()) if ref.numel() else 0.0
+    mean = float(diff.mean()) if ref.numel() else 0.0
     bound = tol.atol + tol.rtol * scale
-    ok = err <= bound and math.isfinite(err)
-    return Check(engine, check, err, err / scale if scale > 0 else err, bound, ok)
+    ok = err <= bound and mean <= tol.mean_atol and math.isfinite(err)
+    return Check(engine, check, err, err / scale if scale > 0 else err, bound, ok, mean_abs=mean)
 
 
 def carphone_path() -> Path:
@@ -139,11 +159,13 @@ def sample_mel(
     return samplers.sample(sampler, fn, noise, schedule, steps, mask, gens).detach().float().cpu()
 
 
-def available_engines() -> list[str]:
-    """The non-torch engines that can run on this machine."""
+def available_engines(engine_dir: Path | None = None) -> list[str]:
+    """The non-torch engines that can run on this machine (the int8 one where `engine_dir` has its file)."""
     import onnxruntime as ort
 
     out = ["onnxruntime-cpu"]
+    if engine_dir is not None and onnx_path(engine_dir, "denoiser", "int8").is_file():
+        out.append("onnxruntime-cpu-int8")
     providers = ort.get_available_providers()
     if torch.cuda.is_available():
         if CUDA in providers:
@@ -158,6 +180,8 @@ def available_engines() -> list[str]:
 def _tolerance(engine: str, override: Tolerance | None) -> Tolerance:
     if override is not None:
         return override
+    if engine in INT8_ENGINES:
+        return TOLERANCES["int8"]
     # The TensorRT execution provider of ONNX Runtime is configured with fp16 too.
     return TOLERANCES["fp16" if engine in ("tensorrt", "onnxruntime-trt") else "fp32"]
 
@@ -223,9 +247,9 @@ def verify_engines(
         ref, cfg, *inputs["random"], seeds["random"], steps, guidance_scale=guidance_scale
     )
     results: list[Check] = []
-    for name in engines if engines is not None else available_engines():
+    for name in engines if engines is not None else available_engines(engine_dir):
         # GPU engines get the GPU when torch has one; ONNX Runtime's CUDA providers also run with a CPU torch.
-        on_gpu = name != "onnxruntime-cpu" and torch.cuda.is_available()
+        on_gpu = ORT_ENGINES.get(name) != (CPU,) and torch.cuda.is_available()
         device = torch.device("cuda" if on_gpu else "cpu")
         tol = _tolerance(name, tolerance)
         try:
@@ -248,12 +272,14 @@ def verify_engines(
 
 
 def format_table(checks: Sequence[Check]) -> str:
-    lines = [f"{'engine':<17} {'check':<16} {'max_abs':>10} {'rel':>10} {'bound':>10}  result"]
+    lines = [
+        f"{'engine':<20} {'check':<16} {'max_abs':>10} {'mean_abs':>10} {'rel':>10} {'bound':>10}  result"
+    ]
     for c in checks:
         verdict = "ok" if c.passed else "FAIL"
         lines.append(
-            f"{c.engine:<17} {c.check:<16} {c.max_abs:>10.3g} {c.rel:>10.3g} {c.bound:>10.3g}  {verdict}"
-            + (f"  ({c.note})" if c.note else "")
+            f"{c.engine:<20} {c.check:<16} {c.max_abs:>10.3g} {c.mean_abs:>10.3g} {c.rel:>10.3g} "
+            f"{c.bound:>10.3g}  {verdict}" + (f"  ({c.note})" if c.note else "")
         )
     return "\n".join(lines)
 

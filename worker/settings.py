@@ -10,7 +10,8 @@ from service.settings import CommonSettings
 
 
 class WorkerSettings(CommonSettings):
-    # Model: checkpoint None = the shipped default; engine "torch" | "onnxruntime" | "tensorrt".
+    # Model: checkpoint None = the shipped default; engine "torch" | "onnxruntime" | "tensorrt" | any name of
+    # diffv2s.engines_onnx.ENGINE_NAMES (e.g. "onnxruntime-cpu-int8").
     checkpoint: Path | None = None
     engine: str = "torch"
     engine_dir: Path | None = None

@@ -74,7 +74,7 @@ build_engines() {
         log "building ${DIFFV2S_ENGINE} engines into $target (first start on this GPU; takes a while)"
         tmp="$root/.building-$key"
         rm -rf "$tmp"
-        diffv2s export --out "$tmp"
+        diffv2s export --out "$tmp" --int8  # --int8: also the onnxruntime-cpu-int8 denoiser
         touch "$tmp/.complete"
         rm -rf "$target"
         mv "$tmp" "$target"

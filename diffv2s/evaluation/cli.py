@@ -53,7 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-whisper", action="store_true", help="skip Whisper (the slowest metric on CPU)")
     p.add_argument("--seed", type=int, default=0, help="utterance k is sampled with seed SEED + k")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--engine", default="torch", help="torch | onnxruntime-cpu | onnxruntime-cuda | tensorrt")
+    p.add_argument(
+        "--engine",
+        default="torch",
+        help="torch | onnxruntime-cpu | onnxruntime-cpu-int8 | onnxruntime-cuda | tensorrt",
+    )
+    p.add_argument(
+        "--engine-dir",
+        type=Path,
+        default=None,
+        help="exported files of the non-torch engines (diffv2s export)",
+    )
     p.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch and Whisper")
     p.add_argument("--cache-dir", type=Path, default=None, help="where the Whisper model is assembled")
@@ -93,6 +103,7 @@ def evaluate_main(argv: list[str]) -> int:
         batch_size=args.batch_size,
         threads=args.threads,
         engine=args.engine,
+        engine_dir=args.engine_dir,
         device=args.device,
         cache_dir=args.cache_dir,
         audio_dir=args.audio_dir,

@@ -66,6 +66,7 @@ class EvalOptions:
     batch_size: int = 8
     threads: int = 1
     engine: str = "torch"
+    engine_dir: Path | None = None  # exported files for the non-torch engines (`diffv2s export --out`)
     device: str = "cpu"
     cache_dir: Path | None = None
     audio_dir: Path | None = None
@@ -166,7 +167,7 @@ def evaluate(
     say = progress or (lambda _msg: None)
     torch.set_num_threads(max(1, opts.threads))
     t_start = time.perf_counter()
-    synth = Synthesizer.load(checkpoint, engine=opts.engine, device=opts.device)
+    synth = Synthesizer.load(checkpoint, engine=opts.engine, device=opts.device, engine_dir=opts.engine_dir)
     sr = synth.cfg.audio.sample_rate
     items = load_items(Path(data), opts.split, sr, opts.limit)
     if not items:
@@ -277,7 +278,7 @@ def evaluate_videos(
 
     opts = opts or EvalOptions()
     torch.set_num_threads(max(1, opts.threads))
-    synth = Synthesizer.load(checkpoint, engine=opts.engine, device=opts.device)
+    synth = Synthesizer.load(checkpoint, engine=opts.engine, device=opts.device, engine_dir=opts.engine_dir)
     model_spec, _ = plan_systems(synth, EvalOptions(sampler=opts.sampler, steps=opts.steps, sweep=()))
     scorer = Scorer(whisper=opts.whisper, cache_dir=opts.cache_dir, threads=opts.threads)
     params = SynthesisParams(

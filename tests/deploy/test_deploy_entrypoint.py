@@ -42,7 +42,7 @@ def fake_bin(tmp_path: Path) -> Path:
     # Records each build, takes long enough that concurrent replicas really overlap.
     exporter.write_text(
         "#!/bin/sh\n"
-        '[ "$1" = export ] && [ "$2" = --out ] || exit 2\n'
+        '[ "$1" = export ] && [ "$2" = --out ] && [ "$4" = --int8 ] || exit 2\n'
         'echo "$$" >>"$DIFFV2S_TEST_BUILD_LOG"\n'
         "sleep 1\n"
         'mkdir -p "$3" && echo engine >"$3/denoiser.engine"\n'

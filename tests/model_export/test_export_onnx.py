@@ -41,7 +41,7 @@ def _checkpoint(path: Path, seed: int) -> Checkpoint:
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Checkpoint, Path]:
     root = tmp_path_factory.mktemp("export")
     ckpt = _checkpoint(root / "small.pt", seed=0)
-    export_onnx(ckpt, root / "engines")
+    export_onnx(ckpt, root / "engines", int8=True)
     return ckpt, root / "engines"
 
 
@@ -201,6 +201,10 @@ def test_cli_export_and_verify_exit_codes(
     assert (
         export_main(["--checkpoint", str(ckpt.path), "--out", str(tmp_path), "--networks", "denoiser"]) == 0
     )
+    with pytest.raises(SystemExit):  # --int8 quantises the denoiser, which this call would not export
+        export_main(
+            ["--checkpoint", str(ckpt.path), "--out", str(tmp_path), "--networks", "encoder", "--int8"]
+        )
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "denoiser.onnx")).metadata_props}
     assert meta["diffv2s.checkpoint_sha256"] == ckpt.sha256
 
@@ -220,9 +224,88 @@ def test_cli_export_and_verify_exit_codes(
     names = {c["check"] for c in checks}
     assert {"encoder/random", "speaker/random", "denoiser/random", "vocoder/random", "mel/random"} <= names
     assert all(c["passed"] and c["max_abs"] <= 1e-3 for c in checks)
+    # The int8 engine is checked against its own tolerance, found in the folder without asking.
+    int8 = tmp_path / "verify-int8.json"
+    assert export_main([*base[:-2], *quick, "--json", str(int8)]) == 0
+    by_engine = {(c["engine"], c["check"]): c for c in json.loads(int8.read_text())}
+    assert by_engine[("onnxruntime-cpu-int8", "mel/random")]["mean_abs"] > 1e-5
+    assert by_engine[("onnxruntime-cpu", "mel/random")]["max_abs"] <= 1e-3
     # A zero tolerance cannot hold for a different runtime: the command must say so in its exit status.
     assert export_main([*base, *quick, "--atol", "0", "--rtol", "0"]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_int8_denoiser_file_has_int8_weights_and_says_so(exported: tuple[Checkpoint, Path]) -> None:
+    ckpt, engine_dir = exported
+    fp32 = onnx.load(str(engine_dir / "denoiser.onnx"))
+    int8 = onnx.load(str(engine_dir / "denoiser.int8.onnx"))
+    weights = {i.name for i in int8.graph.initializer}
+    ops = [n.op_type for n in int8.graph.node]
+    # Every linear layer's MatMul became an integer MatMul on int8 weights; float MatMuls left are the
+    # attention's two activation x activation products per layer.
+    float_matmuls = [n for n in int8.graph.node if n.op_type == "MatMul"]
+    assert all(not set(n.input) & weights for n in float_matmuls)
+    assert len(float_matmuls) == 2 * ckpt.config.denoiser.layers
+    fp32_ops = [n.op_type for n in fp32.graph.node]
+    # (the quantiser turns each Gemm, the timestep MLP's, into a MatMul first)
+    linear = fp32_ops.count("MatMul") + fp32_ops.count("Gemm") - len(float_matmuls)
+    assert ops.count("MatMulInteger") == linear
+    assert any(i.data_type == onnx.TensorProto.INT8 for i in int8.graph.initializer)
+    meta = {p.key: p.value for p in int8.metadata_props}
+    fp32_meta = {p.key: p.value for p in fp32.metadata_props}
+    assert meta["diffv2s.weights"] == "int8" and fp32_meta["diffv2s.weights"] == "fp32"
+    assert {k: v for k, v in meta.items() if k != "diffv2s.weights"} == {
+        k: v for k, v in fp32_meta.items() if k != "diffv2s.weights"
+    }
+    assert (engine_dir / "denoiser.int8.onnx").stat().st_size < 0.5 * (
+        engine_dir / "denoiser.onnx"
+    ).stat().st_size
+
+
+def test_int8_engine_mel_is_close_to_torch_but_not_equal(
+    both: tuple[Engines, Engines], exported: tuple[Checkpoint, Path]
+) -> None:
+    ref, _ = both
+    ckpt, engine_dir = exported
+    cfg = ckpt.config
+    eng = build_engines(
+        "onnxruntime-cpu-int8",
+        load_model(ckpt),
+        make_vocoder(cfg.vocoder, cfg.audio, CPU),
+        CPU,
+        engine_dir,
+        ckpt,
+    )
+    assert eng.details["denoiser_weights"].startswith("int8")
+    frames = [20, 9]
+    video, _ = random_video(cfg, batch=2, frames=20, seed=2)
+    pad = torch.arange(20)[None, :] >= torch.tensor(frames)[:, None]
+    expected = sample_mel(ref, cfg, video, pad, [3, 4], 4)
+    got = sample_mel(eng, cfg, video, pad, [3, 4], 4)
+    err = (got - expected).abs()
+    assert err.max() > 1e-4  # the quantised file really runs (float32 would be within 1e-5)
+    assert err.mean() <= 0.05 * expected.abs().mean(), (float(err.mean()), float(expected.abs().mean()))
+
+
+def test_int8_engine_refuses_a_missing_or_float_file(
+    exported: tuple[Checkpoint, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    ckpt, engine_dir = exported
+    cfg = ckpt.config
+    for name in NETWORKS:
+        shutil.copy(engine_dir / f"{name}.onnx", tmp_path / f"{name}.onnx")
+
+    def start() -> None:
+        vocoder = make_vocoder(cfg.vocoder, cfg.audio, CPU)
+        build_engines("onnxruntime-cpu-int8", load_model(ckpt), vocoder, CPU, tmp_path, ckpt)
+
+    with pytest.raises(CheckpointError, match=r"does not exist.*--int8"):
+        start()
+    shutil.copy(engine_dir / "denoiser.onnx", tmp_path / "denoiser.int8.onnx")
+    with pytest.raises(CheckpointError, match="holds fp32 weights, expected int8"):
+        start()
 
 
 def test_load_model_takes_the_shipped_checkpoint_with_shared_encoder_weights_stored_once() -> None:
