@@ -302,6 +302,7 @@ def evaluate_videos(
         "meta": {
             "checkpoint_sha256": synth.checkpoint_sha256,
             "checkpoint_trained": bool(synth.checkpoint_meta.get("trained", False)),
+            "engine": synth.engines.name,
             "sampler": model_spec.sampler,
             "steps": model_spec.steps,
             "seed": opts.seed,

@@ -115,6 +115,26 @@ def test_video_mode_describes_audio_without_ground_truth(corpus: Path, tmp_path:
     assert entry["hyp_whisper"] is None
 
 
+def test_exported_engines_are_evaluated_from_their_folder(corpus: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from model_export.cli import main as export_main
+
+    engines = tmp_path / "engines"
+    assert (
+        export_main(["--out", str(engines), "--networks", "encoder,speaker,denoiser,vocoder", "--int8"]) == 0
+    )
+    video = next((corpus / "test_unseen_speaker").rglob("*.mp4"))
+    out = tmp_path / "int8.json"
+    argv = ["--video", str(video), "--json", str(out), "--steps", "2", "--no-whisper"]
+    # The engine needs its exported files: without the folder it is a clear input error, not a crash.
+    assert evaluate_main([*argv, "--engine", "onnxruntime-cpu-int8"]) == 2
+    assert not out.exists()
+    assert evaluate_main([*argv, "--engine", "onnxruntime-cpu-int8", "--engine-dir", str(engines)]) == 0
+    report = json.loads(out.read_text())
+    assert report["meta"]["engine"] == "onnxruntime-cpu-int8"
+    assert 1.0 <= report["videos"][0]["dnsmos"] <= 5.0
+
+
 def test_bad_inputs_exit_with_an_input_error(corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "x.json"
     assert evaluate_main(["--data", str(corpus), "--split", "nope", "--json", str(out), "--no-whisper"]) == 2
