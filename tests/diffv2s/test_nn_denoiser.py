@@ -97,17 +97,22 @@ def test_drop_cond_is_per_item_and_ignores_the_condition() -> None:
     torch.testing.assert_close(other[0], mixed[0], atol=1e-5, rtol=1e-5)
 
 
+def _one_item(seed: int, t: float, mel_frames: int = 15, video_frames: int = 5) -> list[torch.Tensor]:
+    """Denoiser arguments of one full-length item (no drop_cond)."""
+    torch.manual_seed(seed)
+    return [
+        torch.randn(1, N_MELS, mel_frames),
+        torch.tensor([t]),
+        torch.randn(1, video_frames, DV),
+        torch.ones(1, video_frames, dtype=torch.bool),
+        torch.randn(1, 256),
+        torch.ones(1, mel_frames, dtype=torch.bool),
+    ]
+
+
 def test_output_depends_on_each_input() -> None:
     den = _denoiser()
-    torch.manual_seed(3)
-    args = [
-        torch.randn(1, N_MELS, 15),
-        torch.tensor([100.0]),
-        torch.randn(1, 5, DV),
-        torch.ones(1, 5, dtype=torch.bool),
-        torch.randn(1, 256),
-        torch.ones(1, 15, dtype=torch.bool),
-    ]
+    args = _one_item(3, 100.0)
     with torch.no_grad():
         base = den(*args)
         for idx in (0, 2, 4):
@@ -189,15 +194,7 @@ def test_visual_prior_reads_sub_frames_at_their_own_rate() -> None:
 
 def test_prior_is_fed_in_and_the_output_corrects_it() -> None:
     den = _denoiser()
-    torch.manual_seed(5)
-    args = [
-        torch.randn(1, N_MELS, 15),
-        torch.tensor([900.0]),
-        torch.randn(1, 5, DV),
-        torch.ones(1, 5, dtype=torch.bool),
-        torch.randn(1, 256),
-        torch.ones(1, 15, dtype=torch.bool),
-    ]
+    args = _one_item(5, 900.0)
     with torch.no_grad():
         base = den(*args)
         mu = den.prior_mel(args[2], args[3], 15).transpose(1, 2)
