@@ -32,7 +32,10 @@ def write_mel_figure(pairs: Sequence[MelPair], path: Path) -> Path:
         raise ValueError("no mel pairs to draw")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(len(pairs), 2, figsize=(12, 2.6 * len(pairs)), squeeze=False)
+    # Constrained layout keeps titles, axis labels and the colour bars from running into each other.
+    fig, axes = plt.subplots(
+        len(pairs), 2, figsize=(12, 2.6 * len(pairs)), squeeze=False, layout="constrained"
+    )
     for row, pair in zip(axes, pairs, strict=True):
         lo = float(min(pair.generated.min(), pair.ground_truth.min()))
         hi = float(max(pair.generated.max(), pair.ground_truth.max()))
