@@ -15,9 +15,11 @@ Backends here: "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-trt" (executi
 TensorRT -> CUDA -> CPU) and "onnxruntime" (CUDA on a CUDA device, else CPU). "onnxruntime-cpu-int8" is
 the CPU backend with the denoiser (the network the sampling loop calls 10-25 times per job) replaced by
 `denoiser.int8.onnx`, its weight MatMuls quantised to int8 (`diffv2s export --int8`); its output is not
-float-equal to torch's, so `diffv2s export verify` holds it to its own, looser tolerance. ONNX Runtime silently falls
-back to the CPU provider when CUDA or TensorRT libraries cannot be loaded; `build_engines` compares the
-provider each session really runs on with the one asked for and raises `EngineUnavailable` otherwise.
+float-equal to torch's, so `diffv2s export verify` holds it to its own, looser tolerance.
+
+ONNX Runtime silently falls back to the CPU provider when CUDA or TensorRT libraries cannot be loaded;
+`build_engines` compares the provider each session really runs on with the one asked for and raises
+`EngineUnavailable` otherwise.
 "tensorrt" / "tensorrt-fp32" (native engines) live in `diffv2s.engines_trt`.
 
 Speaker guidance needs d speaker(x0(x_t)) / d x_t, which an exported graph cannot give. These backends

@@ -21,14 +21,7 @@ from torch import nn
 
 from diffv2s.checkpoints.store import Checkpoint
 from diffv2s.config import ModelConfig
-from diffv2s.engines_onnx import (
-    META,
-    NETWORKS,
-    NetworkSpec,
-    engine_metadata,
-    network_specs,
-    onnx_path,
-)
+from diffv2s.engines_onnx import NETWORKS, NetworkSpec, engine_metadata, network_specs, onnx_path
 from diffv2s.errors import CheckpointError
 from diffv2s.model import DiffV2S
 
@@ -244,11 +237,12 @@ def export_network(
     return path
 
 
-def quantize_int8(fp32_path: Path, out_path: Path) -> Path:
+def quantize_int8(fp32_path: Path, out_path: Path, metadata: dict[str, str]) -> Path:
     """Dynamic int8 quantisation of an exported file (ONNX Runtime's `quantize_dynamic`): the MatMuls with
     a weight (every linear layer) get per-output-channel signed int8 weights, and their activations are
     quantised to uint8 on the fly at each call; MatMuls of two activations (attention scores and mixing)
-    and everything else stay float32. Metadata is the float file's with `weights` = "int8"."""
+    and everything else stay float32. `metadata`: the file's metadata_props (`engine_metadata(...,
+    weights="int8")`)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = out_path.with_suffix(".tmp.onnx")
@@ -260,12 +254,8 @@ def quantize_int8(fp32_path: Path, out_path: Path) -> Path:
         op_types_to_quantize=["MatMul"],
         extra_options={"MatMulConstBOnly": True},
     )
-    meta = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
-    if META + "format" not in meta:
-        raise CheckpointError(f"{fp32_path} is not a DiffV2S engine file; export it first.")
-    meta[META + "weights"] = "int8"
     model = onnx.load(str(tmp))
-    onnx.helper.set_model_props(model, meta)
+    onnx.helper.set_model_props(model, metadata)
     model.producer_name = "diffv2s-export"
     onnx.checker.check_model(model)
     onnx.save(model, str(tmp))
@@ -301,5 +291,9 @@ def export_onnx(
         module = network_module(name, model, vocoder_generator)
         out[name] = export_network(name, module, cfg, ckpt.sha256, onnx_path(out_dir, name), opset)
     if int8 and "denoiser" in out:
-        out["denoiser.int8"] = quantize_int8(out["denoiser"], onnx_path(out_dir, "denoiser", "int8"))
+        out["denoiser.int8"] = quantize_int8(
+            out["denoiser"],
+            onnx_path(out_dir, "denoiser", "int8"),
+            engine_metadata("denoiser", cfg, ckpt.sha256, weights="int8"),
+        )
     return out
