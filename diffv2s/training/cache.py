@@ -5,7 +5,8 @@ Shards live under `{run}/cache/{split}/shard-NNNNN/`:
     frames.npy   uint8 [sum T, 88, 88]      mouth ROIs before normalisation (lossless: the crops are uint8)
     mel.npy      float16 [sum T_mel, n_mels] log-mel, T_mel = round(T * mel_rate / fps) per utterance
     ge2e.npy     float32 [N, 256]          resemblyzer GE2E embedding of the utterance's audio
-    items.json   per utterance: utt_id, speaker, text, frame and mel offsets
+    items.json   per utterance: utt_id, speaker, text, frame and mel offsets, and where the corpus has
+                 them (synthetic) the phone segments [[phone, start s, end s], ...] on the video's clock
 
 Arrays are memory-mapped on load, so a cache larger than memory (LRS3) still trains. A shard is written
 to a temporary folder and renamed, so an interrupted cache step resumes at the first missing utterance.
@@ -19,7 +20,7 @@ import shutil
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +29,20 @@ import torch
 
 from diffv2s.audio import mel_spectrogram, read_media_audio
 from diffv2s.config import AudioConfig, VideoConfig
+from diffv2s.corpus.phones import PHONES
 from diffv2s.errors import DiffV2SError, InputError
 from diffv2s.training.data import Utterance
 
 SHARD_SIZE = 64
+# Class index of each canonical phone for stage A's phone head; -1 marks frames without a label.
+PHONE_CLASSES: tuple[str, ...] = tuple(sorted(PHONES))
+NO_PHONE = -1
 
 
 @dataclass
 class CachedUtterance:
-    """frames: uint8 [T, 88, 88]; mel: float16 [T_mel, n_mels]; ge2e: float32 [256]."""
+    """frames: uint8 [T, 88, 88]; mel: float16 [T_mel, n_mels]; ge2e: float32 [256];
+    phones: (phone, start s, end s) segments, empty when the corpus has no phone timings."""
 
     utt_id: str
     speaker: str
@@ -44,6 +50,26 @@ class CachedUtterance:
     frames: np.ndarray
     mel: np.ndarray
     ge2e: np.ndarray
+    phones: list[tuple[str, float, float]] = field(default_factory=list)
+
+
+def read_phones(transcript: Path | None) -> list[tuple[str, float, float]]:
+    """The phone segments of a synthetic-corpus transcript ([] without one)."""
+    if transcript is None:
+        return []
+    data = json.loads(Path(transcript).read_text())
+    return [(str(p["phone"]), float(p["start"]), float(p["end"])) for p in data.get("phones", [])]
+
+
+def phone_labels(segments: Sequence[Sequence[Any]], n: int, rate: float) -> np.ndarray:
+    """Class index (`PHONE_CLASSES`) of the phone sounding at the centre of each of n frames at `rate` Hz:
+    int64 [n]; NO_PHONE where no segment covers the frame or the phone is not in the inventory."""
+    labels = np.full(n, NO_PHONE, dtype=np.int64)
+    centres = (np.arange(n) + 0.5) / rate
+    for phone, start, end in segments:
+        if phone in PHONE_CLASSES:
+            labels[(centres >= float(start)) & (centres < float(end))] = PHONE_CLASSES.index(phone)
+    return labels
 
 
 def read_audio(path: Path, sample_rate: int) -> np.ndarray:
@@ -107,6 +133,7 @@ class UtteranceDecoder:
             roi_to_uint8(roi.frames, self.video),
             mel.astype(np.float16),
             ge2e,
+            read_phones(utt.transcript),
         )
 
 
@@ -124,9 +151,16 @@ def write_shard(path: Path, items: Sequence[CachedUtterance]) -> None:
     f0 = m0 = 0
     for it in items:
         f1, m1 = f0 + len(it.frames), m0 + len(it.mel)
-        meta.append(
-            {"utt_id": it.utt_id, "speaker": it.speaker, "text": it.text, "frames": [f0, f1], "mel": [m0, m1]}
-        )
+        entry: dict[str, Any] = {
+            "utt_id": it.utt_id,
+            "speaker": it.speaker,
+            "text": it.text,
+            "frames": [f0, f1],
+            "mel": [m0, m1],
+        }
+        if it.phones:
+            entry["phones"] = [[p, round(a, 5), round(b, 5)] for p, a, b in it.phones]
+        meta.append(entry)
         f0, m0 = f1, m1
     np.save(tmp / "frames.npy", np.concatenate([it.frames for it in items]))
     np.save(tmp / "mel.npy", np.concatenate([it.mel for it in items]))
@@ -185,6 +219,15 @@ class CacheSet:
     def ge2e(self, i: int) -> np.ndarray:
         """float32 [256], unit norm."""
         return self.ge2e_all[i]
+
+    def phone_labels(self, i: int, rate: float) -> np.ndarray:
+        """int64 [T * rate / fps] phone class per frame at `rate` Hz (all NO_PHONE without timings)."""
+        n = int(round(int(self.n_frames[i]) * rate / self.video.fps))
+        return phone_labels(self.items[i].get("phones", []), n, rate)
+
+    @property
+    def has_phones(self) -> bool:
+        return any("phones" in it for it in self.items)
 
     def frame_offsets(self) -> np.ndarray:
         """[N + 1] start of each utterance in the concatenation of all frames (for per-frame feature files)."""

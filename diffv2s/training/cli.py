@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--speaker-batch", type=int, default=32, help="clips (one per speaker) per speaker step")
     p.add_argument("--denoiser-batch", type=int, default=16, help="clips per denoiser step")
     p.add_argument("--encoder-lr", type=float, default=1e-3)
+    p.add_argument(
+        "--phone-weight",
+        type=float,
+        default=0.5,
+        help="weight of stage A's phone cross-entropy (corpora with phone timings; 0 turns it off)",
+    )
     p.add_argument("--speaker-lr", type=float, default=1e-4)
     p.add_argument("--denoiser-lr", type=float, default=3e-4)
     p.add_argument(

@@ -27,6 +27,8 @@ class Utterance:
     split: str
     text: str
     video: Path
+    # The synthetic corpus's transcript JSON (its phone timings label stage A's frames); None for LRS3.
+    transcript: Path | None = None
 
 
 def corpus_kind(root: Path) -> str:
@@ -58,7 +60,10 @@ def list_utterances(root: Path, split: str, limit: int | None = None) -> list[Ut
     if corpus_kind(root) == "synthetic":
         from diffv2s.corpus.make import load_corpus
 
-        items = [Utterance(c.utt_id, c.speaker, c.split, c.text, c.video) for c in load_corpus(root, split)]
+        items = [
+            Utterance(c.utt_id, c.speaker, c.split, c.text, c.video, c.transcript)
+            for c in load_corpus(root, split)
+        ]
     else:
         from diffv2s.corpus.lrs3 import iter_lrs3
 

@@ -75,6 +75,7 @@ class TrainOptions:
     speaker_batch: int = 32
     denoiser_batch: int = 16
     encoder_lr: float = 1e-3
+    phone_weight: float = 0.5
     speaker_lr: float = 1e-4
     denoiser_lr: float = 3e-4
     checkpoint: Path | None = None
@@ -347,7 +348,18 @@ def _stage_encoder(
     if not run.stage_done("encoder"):
         mean, std = train.mel_stats()
         model = build_initial_model(cfg, opts.seed)
-        stage = EncoderStage(model, train, val, mean, std, batch_clips=opts.encoder_batch, seed=opts.seed)
+        stage = EncoderStage(
+            model,
+            train,
+            val,
+            mean,
+            std,
+            batch_clips=opts.encoder_batch,
+            phone_weight=opts.phone_weight,
+            seed=opts.seed,
+        )
+        if stage.phone_weight == 0 and opts.phone_weight > 0:
+            log("[encoder] the training set has no phone timings: mel targets only")
         budget = Budget(budgets["encoder"], opts.encoder_steps, lr=opts.encoder_lr)
         run_stage(stage, run.state("encoder"), budget, stop, settings, log)
         if stop.requested:

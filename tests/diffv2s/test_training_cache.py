@@ -11,7 +11,14 @@ import pytest
 from diffv2s.config import preset
 from diffv2s.corpus.lrs3 import corpus_to_lrs3
 from diffv2s.corpus.make import make_corpus
-from diffv2s.training.cache import CacheSet, build_cache, roi_from_uint8
+from diffv2s.training.cache import (
+    NO_PHONE,
+    PHONE_CLASSES,
+    CacheSet,
+    build_cache,
+    phone_labels,
+    roi_from_uint8,
+)
 from diffv2s.training.cli import train_main
 from diffv2s.training.data import default_splits, list_utterances
 from diffv2s.video.mouth_roi import extract_mouth_roi
@@ -54,6 +61,15 @@ def test_cache_holds_frames_mel_and_speaker_of_every_clip(corpus: Path, cached: 
         w0 = int(transcript["words"][0]["start"] * CFG.audio.mel_rate)
         w1 = int(transcript["words"][-1]["end"] * CFG.audio.mel_rate)
         assert energy[w0:w1].mean() > lead.mean() + 2.0
+        # The engine's phone timings travel with the clip: every 100 Hz frame's label is the phone whose
+        # segment in the transcript holds the frame's centre.
+        labels = data.phone_labels(i, 100.0)
+        assert len(labels) == round(transcript["n_frames"] * 100.0 / CFG.video.fps)
+        for seg in transcript["phones"]:
+            k = int(0.5 * (seg["start"] + seg["end"]) * 100.0)
+            if seg["start"] <= (k + 0.5) / 100.0 < seg["end"] and k < len(labels):
+                assert PHONE_CLASSES[labels[k]] == seg["phone"]
+        assert (labels != NO_PHONE).mean() > 0.95
     # Frames are stored losslessly: they decode to exactly what the mouth-ROI front end returns.
     video = corpus / "train" / data.items[0]["speaker"] / f"{data.items[0]['utt_id']}.mp4"
     np.testing.assert_allclose(
@@ -103,3 +119,17 @@ def test_lrs3_layout_runs_the_same_cache_and_resumes(corpus: Path, cached: Path,
         np.testing.assert_array_equal(from_lrs3.frames(i), reference.frames(j))
         np.testing.assert_array_equal(from_lrs3.mel(i), reference.mel(j))
         np.testing.assert_allclose(from_lrs3.ge2e(i), reference.ge2e(j), atol=1e-6)
+    # LRS3 has no phone timings: no labels, so stage A trains on the mel alone.
+    assert reference.has_phones and not from_lrs3.has_phones
+    assert (from_lrs3.phone_labels(0, 100.0) == NO_PHONE).all()
+
+
+def test_phone_labels_take_the_segment_under_each_frame_centre() -> None:
+    segments = [("sil", 0.0, 0.05), ("b", 0.05, 0.08), ("aa", 0.08, 0.2), ("xx", 0.2, 0.25)]
+    labels = phone_labels(segments, 30, 100.0)
+    names = [PHONE_CLASSES[k] if k != NO_PHONE else None for k in labels]
+    # Frame k covers [k, k + 1) / 100 s, its centre (k + 0.5) / 100 s.
+    assert names[:5] == ["sil"] * 5
+    assert names[5:8] == ["b"] * 3
+    assert names[8:20] == ["aa"] * 12
+    assert names[20:] == [None] * 10  # an unknown phone, then no segment at all

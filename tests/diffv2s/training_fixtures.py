@@ -4,6 +4,8 @@ Each frame shows a bright ellipse whose height is the frame's mouth opening a_t 
 of the frame has a formant-like bump whose position follows a_t and whose height depends on the
 speaker; each speaker has a fixed random unit GE2E vector (plus a little noise per clip). So the encoder
 can read the mel from the pixels, and the speaker extractor can tell speakers apart from both sides.
+Phone timings follow the opening too ("aa" while the mouth is more than half open, "m" otherwise), so
+the encoder's phone head has something to learn.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def fake_utterances(
             centre = 10 + 50 * at_mel[:, None]
             mel = -8.0 + (3.0 + s) * np.exp(-0.5 * ((bands[None, :] - centre) / 4.0) ** 2)
             ge2e = voices[s] + 0.05 * rng.normal(size=256).astype(np.float32)
+            fps = cfg.video.fps
+            phones = [("aa" if a > 0.5 else "m", t / fps, (t + 1) / fps) for t, a in enumerate(opening)]
             out.append(
                 CachedUtterance(
                     f"s{s}_{u}",
@@ -55,6 +59,7 @@ def fake_utterances(
                     frames,
                     mel.astype(np.float16),
                     (ge2e / np.linalg.norm(ge2e)).astype(np.float32),
+                    phones,
                 )
             )
     return out
