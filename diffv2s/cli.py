@@ -35,7 +35,9 @@ def _add_synthesize(sub: argparse._SubParsersAction) -> None:
         "tensorrt | tensorrt-fp32",
     )
     p.add_argument("--engine-dir", type=Path, default=None, help="folder of exported engines")
-    p.add_argument("--sampler", default="dpmpp", choices=["ddpm", "ddim", "dpmpp"])
+    p.add_argument(
+        "--sampler", default=None, choices=["ddpm", "ddim", "dpmpp"], help="default: checkpoint default"
+    )
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: checkpoint default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=0.0, help="speaker-guidance scale (0 = off)")

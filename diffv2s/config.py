@@ -91,7 +91,9 @@ class DiffusionConfig:
     timesteps: int = 1000
     schedule: str = "cosine"  # "cosine" | "linear"
     cond_dropout: float = 0.1  # classifier-free guidance training
-    default_sampler: str = "dpmpp"
+    # DDIM-10 beat DPM-Solver++ 2M at 10 steps on held-out sentences (WER 0.178 vs 0.190, ESTOI 0.487 vs
+    # 0.458); checkpoints keep the default they were written with.
+    default_sampler: str = "ddim"
     default_steps: int = 10
     # The diffusion runs on (log-mel - mel_mean) / mel_std, so the data has about unit variance like the
     # noise (raw log-mel sits around -6 with std ~2.5). Training measures both on its corpus; 0 / 1 (no

@@ -291,7 +291,8 @@ class Synthesizer:
         for j, w in enumerate(windows):
             p = params[w.item]
             steps = p.steps or cfg.diffusion.default_steps
-            groups.setdefault((p.sampler, steps, p.guidance, p.cfg_scale), []).append(j)
+            sampler = p.sampler or cfg.diffusion.default_sampler
+            groups.setdefault((sampler, steps, p.guidance, p.cfg_scale), []).append(j)
         done_steps = 0
         total_steps = sum(k[1] for k in groups)
         for (sampler, steps, g_scale, cfg_scale), idx in groups.items():

@@ -21,21 +21,21 @@ MAX_STEPS = 1000
 class SynthesisParams:
     """Sampling options of one request.
 
-    sampler: "ddpm" | "ddim" | "dpmpp" (DPM-Solver++ 2M, few-step).
+    sampler: "ddpm" | "ddim" | "dpmpp" (DPM-Solver++ 2M, few-step); None = the checkpoint's default.
     steps: number of denoiser calls (1..1000); None = the checkpoint's default.
     seed: the item's own noise seed (same seed => same audio, alone or batched).
     guidance: speaker-guidance scale (the paper's gradient of 1 - cos(s_v, s(x0))); 0 = off.
     cfg_scale: classifier-free guidance scale; 1 = off.
     """
 
-    sampler: str = "dpmpp"
+    sampler: str | None = None
     steps: int | None = None
     seed: int = 0
     guidance: float = 0.0
     cfg_scale: float = 1.0
 
     def validate(self) -> SynthesisParams:
-        if self.sampler not in SAMPLERS:
+        if self.sampler is not None and self.sampler not in SAMPLERS:
             raise InvalidParameter(f"sampler must be one of {', '.join(SAMPLERS)}; got {self.sampler!r}")
         if self.steps is not None and not (1 <= self.steps <= MAX_STEPS):
             raise InvalidParameter(f"steps must be between 1 and {MAX_STEPS}; got {self.steps}")

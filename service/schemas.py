@@ -25,7 +25,9 @@ class SynthesisForm(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sampler: Literal["ddpm", "ddim", "dpmpp"] = "dpmpp"
+    sampler: Literal["ddpm", "ddim", "dpmpp"] | None = Field(
+        default=None, description="Sampler (DDIM, DPM-Solver++ 2M, DDPM); default: the model's."
+    )
     steps: int | None = Field(
         default=None, ge=1, le=MAX_STEPS, description="Denoiser calls; default: the model's."
     )
@@ -51,7 +53,7 @@ class SynthesisForm(BaseModel):
 
 
 class JobParams(BaseModel):
-    sampler: str
+    sampler: str | None
     steps: int | None
     seed: int
     guidance: float

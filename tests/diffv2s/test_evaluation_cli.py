@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from diffv2s.checkpoints.store import load_checkpoint
 from diffv2s.corpus.make import make_corpus
 from diffv2s.evaluation.cli import evaluate_main
 from diffv2s.evaluation.scoring import METRICS
 from diffv2s.evaluation.text import SLOT_NAMES
 
 SYSTEMS = ("model", "vocoder_ceiling", "ground_truth")
-ABLATIONS = ("gt_audio_speaker", "no_speaker", "dpmpp-2")
+DEFAULT_SAMPLER = load_checkpoint().config.diffusion.default_sampler
+ABLATIONS = ("gt_audio_speaker", "no_speaker", f"{DEFAULT_SAMPLER}-2")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def evaluated(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[i
     cache = tmp_path_factory.mktemp("cache")
     argv = ["--data", str(corpus), "--split", "test_unseen_sentences", "--json", str(out), "--steps", "2"]
     # The sweep's one entry equals the model's settings, so its audio is reused rather than sampled again.
-    argv += ["--sweep", "dpmpp-2", "--cache-dir", str(cache), "--limit", "1"]
+    argv += ["--sweep", f"{DEFAULT_SAMPLER}-2", "--cache-dir", str(cache), "--limit", "1"]
     argv += ["--mel-figure", str(out.parent / "mels.png")]
     return evaluate_main(argv), out
 
@@ -51,11 +53,12 @@ def test_report_has_every_system_with_every_metric(evaluated: tuple[int, Path]) 
         for key in METRICS:
             assert isinstance(entry[key], float), (name, key)
         assert set(entry["slot_accuracy"]) == set(SLOT_NAMES.values())
-    assert report["model"]["sampler"] == "dpmpp" and report["model"]["steps"] == 2
+    # No --sampler: the checkpoint's own default.
+    assert report["model"]["sampler"] == DEFAULT_SAMPLER and report["model"]["steps"] == 2
     assert report["ablations"]["gt_audio_speaker"]["speaker"] == "audio"
     assert report["ablations"]["no_speaker"]["speaker"] == "null"
     assert report["meta"]["split"] == "test_unseen_sentences"
-    same = report["ablations"]["dpmpp-2"]
+    same = report["ablations"][f"{DEFAULT_SAMPLER}-2"]
     assert all(same[key] == report["model"][key] for key in METRICS)
 
 
@@ -94,7 +97,7 @@ def test_markdown_table_and_utterance_rows_are_written(evaluated: tuple[int, Pat
         "vocoder_ceiling",
         "model",
         "ablation: gt_audio_speaker",
-        "ablation: dpmpp-2",
+        f"ablation: {DEFAULT_SAMPLER}-2",
     ):
         assert f"| {label} |" in table
     assert "| verb | colour | preposition | letter | digit | adverb |" in table

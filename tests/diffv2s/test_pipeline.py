@@ -58,6 +58,26 @@ def test_seed_decides_the_noise(synth: Synthesizer) -> None:
     assert (a[0] - b[0]).abs().max().item() > 1e-2
 
 
+def test_no_sampler_means_the_checkpoints_default(synth: Synthesizer) -> None:
+    roi = fake_roi(20, seed=4)
+    plain_cfg = synth.cfg
+
+    def mel(sampler: str | None) -> torch.Tensor:
+        (out,), _ = synth.generate_mels([roi], [SynthesisParams(sampler=sampler, steps=3, seed=2)])
+        return out
+
+    try:
+        for default in ("ddim", "dpmpp"):
+            other = "dpmpp" if default == "ddim" else "ddim"
+            diffusion = dataclasses.replace(plain_cfg.diffusion, default_sampler=default)
+            synth.cfg = dataclasses.replace(plain_cfg, diffusion=diffusion)
+            unset = mel(None)
+            assert torch.equal(unset, mel(default))
+            assert (unset - mel(other)).abs().max().item() > 1e-3
+    finally:
+        synth.cfg = plain_cfg
+
+
 def test_mixed_sampling_parameters_in_one_batch(synth: Synthesizer) -> None:
     rois = [fake_roi(15, 1), fake_roi(18, 2)]
     params = [

@@ -89,7 +89,10 @@ async def test_auth_is_required_and_keys_are_isolated(
             assert resp.headers["www-authenticate"] == "Bearer"
             assert_error(await c.get("/v1/jobs"), 401, "unauthorized")
     async with make_client(settings, key_a) as a, make_client(settings, key_b) as b:
-        job_id = (await submit(a, media["video"])).json()["id"]
+        created = (await submit(a, media["video"])).json()
+        job_id = created["id"]
+        # Sampler and steps not given: null, i.e. the model's defaults, decided by the worker's checkpoint.
+        assert created["params"]["sampler"] is None and created["params"]["steps"] is None
         assert_error(await b.get(f"/v1/jobs/{job_id}"), 404, "job_not_found")
         assert_error(await b.get(f"/v1/jobs/{job_id}/audio"), 404, "job_not_found")
         assert_error(await b.post(f"/v1/jobs/{job_id}/cancel"), 404, "job_not_found")
