@@ -28,7 +28,9 @@ def test_item_mel_is_the_same_alone_and_in_a_batch_of_four(synth: Synthesizer, s
     for i in (0, 2):
         (alone,), _ = synth.generate_mels([rois[i]], [params[i]])
         assert alone.shape == batched[i].shape == (80, round(rois[i].n_frames * 22050 / 256 / 25))
-        assert (alone - batched[i]).abs().max().item() <= 1e-4
+        # Float32 round-off of batched vs single matmuls only (log-mel values reach -13): a padding or
+        # masking leak between items shows as differences of 1e-2 and more.
+        torch.testing.assert_close(alone, batched[i], atol=1e-4, rtol=1e-5)
 
 
 def test_samples_are_denormalised_with_the_checkpoint_mel_statistics(synth: Synthesizer) -> None:
