@@ -29,7 +29,8 @@ import torch
 
 from diffv2s.audio import mel_spectrogram, read_media_audio
 from diffv2s.config import AudioConfig, VideoConfig
-from diffv2s.corpus.phones import PHONES
+from diffv2s.corpus.phones import PHONES, PhoneSegment
+from diffv2s.corpus.writer import read_json
 from diffv2s.errors import DiffV2SError, InputError
 from diffv2s.training.data import Utterance
 
@@ -57,8 +58,8 @@ def read_phones(transcript: Path | None) -> list[tuple[str, float, float]]:
     """The phone segments of a synthetic-corpus transcript ([] without one)."""
     if transcript is None:
         return []
-    data = json.loads(Path(transcript).read_text())
-    return [(str(p["phone"]), float(p["start"]), float(p["end"])) for p in data.get("phones", [])]
+    segments = (PhoneSegment.from_dict(p) for p in read_json(Path(transcript)).get("phones", []))
+    return [(s.phone, s.start, s.end) for s in segments]
 
 
 def phone_labels(segments: Sequence[Sequence[Any]], n: int, rate: float) -> np.ndarray:

@@ -139,18 +139,18 @@ class EncoderStage:
         w = valid.repeat_interleave(self.per_frame, dim=1)[..., None].to(err.dtype)
         return (err * w).sum() / (w.sum() * self.n_mels).clamp(min=1.0)
 
-    def _phone_loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """features: [B, L, D]; labels: [B, 4L] (NO_PHONE ignored) -> (mean cross-entropy over labelled
-        sub-frames, their accuracy); (0, nan) when none is labelled."""
+    def _phone_loss(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """features: [B, L, D]; labels: [B, 4L] (NO_PHONE ignored) -> (mean cross-entropy over the
+        labelled sub-frames (0 when there are none), correctly classified ones, labelled ones)."""
         b, n = features.shape[:2]
         logits = self.phone_head(features).reshape(b * n * self.per_frame, self.n_phones)
         flat = labels.reshape(-1)
         known = flat != NO_PHONE
         if not bool(known.any()):
-            return logits.sum() * 0.0, float("nan")
-        ce = F.cross_entropy(logits[known], flat[known])
-        acc = float((logits[known].argmax(-1) == flat[known]).float().mean())
-        return ce, acc
+            return logits.sum() * 0.0, 0, 0
+        logits, flat = logits[known], flat[known]
+        hits = int((logits.argmax(-1) == flat).sum())
+        return F.cross_entropy(logits, flat), hits, len(flat)
 
     def _audio_input(self, raw: torch.Tensor, n_frames: int, valid: torch.Tensor | None) -> torch.Tensor:
         """raw: [B, 4L, C] 100 Hz log-mel -> AV-HuBERT audio features [B, L, 104]."""
@@ -173,10 +173,11 @@ class EncoderStage:
         loss = loss_v + self.audio_weight * loss_a
         logs = {"video_l1": loss_v.item(), "audio_l1": loss_a.item()}
         if self.phone_weight > 0:
-            ce_v, acc_v = self._phone_loss(feats_v, labels)
-            ce_a, _ = self._phone_loss(feats_a, labels)
+            ce_v, hits, labelled = self._phone_loss(feats_v, labels)
+            ce_a = self._phone_loss(feats_a, labels)[0]
             loss = loss + self.phone_weight * (ce_v + self.audio_weight * ce_a)
-            logs.update({"video_phone_ce": ce_v.item(), "video_phone_acc": acc_v})
+            acc = hits / labelled if labelled else float("nan")
+            logs.update({"video_phone_ce": ce_v.item(), "video_phone_acc": acc})
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], 5.0)
@@ -211,11 +212,8 @@ class EncoderStage:
             w = len(chunk)
             feats = self.encoder(video, None, pad).features
             sums["val_video_l1"] += w * float(self._loss(feats, raw, valid))
-            known = labels != NO_PHONE
-            if bool(known.any()):
-                pred = self.phone_head(feats).reshape(*labels.shape, self.n_phones).argmax(-1)
-                hits += int((pred == labels)[known].sum())
-                labelled += int(known.sum())
+            _, chunk_hits, chunk_labelled = self._phone_loss(feats, labels)
+            hits, labelled = hits + chunk_hits, labelled + chunk_labelled
             audio = self._audio_input(raw, t_max, valid)
             sums["val_audio_l1"] += w * float(self._loss(self.encoder(None, audio, pad).features, raw, valid))
             wk = valid.repeat_interleave(self.per_frame, dim=1)[..., None].float()
