@@ -48,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every-s", type=float, default=30.0, help="seconds between log lines")
     p.add_argument("--train-split", default=None, help="default: train (synthetic) / trainval (LRS3)")
     p.add_argument(
-        "--val-split", default=None, help="default: test_unseen_sentences (synthetic) / test (LRS3)"
+        "--val-split",
+        default=None,
+        help="a corpus split, or 'holdout' (the default): up to --max-val utterances held out of the "
+        "training split",
     )
     p.add_argument("--max-utterances", type=int, default=None, help="cap on training utterances")
     p.add_argument("--max-val", type=int, default=64, help="cap on validation utterances")

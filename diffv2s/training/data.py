@@ -3,6 +3,10 @@
 A synthetic corpus (made by `diffv2s corpus make`) has a `corpus.json` manifest and splits `train`,
 `test_unseen_sentences`, `test_unseen_speaker`. LRS3 ships `{split}/{speaker}/{utt}.mp4 + .txt` with splits
 `pretrain`, `trainval`, `test`. Both become a list of `Utterance`.
+
+Validation is held out of the training split (`HOLDOUT`) by default, not taken from a test split: what
+the training logs report on validation then never looks at the utterances the evaluation scores, and a
+stage may keep its best validation state without selecting on the test set.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from pathlib import Path
 from diffv2s.errors import InputError
 
 MANIFEST = "corpus.json"
-SYNTHETIC_SPLITS = {"train": "train", "val": "test_unseen_sentences"}
+# The validation "split" that is a slice of the training split (`hold_out`), taken out of training.
+HOLDOUT = "holdout"
+SYNTHETIC_TRAIN_SPLIT = "train"
 LRS3_TRAIN_SPLITS = ("trainval", "pretrain")
-LRS3_VAL_SPLITS = ("test",)
+LRS3_SPLITS = (*LRS3_TRAIN_SPLITS, "test")
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,7 @@ def corpus_kind(root: Path) -> str:
     """'synthetic' (has corpus.json) or 'lrs3' (has split folders of speaker folders)."""
     if (root / MANIFEST).is_file():
         return "synthetic"
-    if any((root / s).is_dir() for s in (*LRS3_TRAIN_SPLITS, *LRS3_VAL_SPLITS)):
+    if any((root / s).is_dir() for s in LRS3_SPLITS):
         return "lrs3"
     raise InputError(
         f"{root} is neither a synthetic corpus (no {MANIFEST}) nor an LRS3 tree (no pretrain/trainval/test "
@@ -43,15 +49,24 @@ def corpus_kind(root: Path) -> str:
     )
 
 
-def default_splits(root: Path) -> tuple[str, str | None]:
-    """(train split, validation split or None) for the corpus at `root`."""
+def default_splits(root: Path) -> tuple[str, str]:
+    """(train split, validation split) for the corpus at `root`; validation is `HOLDOUT`."""
     if corpus_kind(root) == "synthetic":
-        return SYNTHETIC_SPLITS["train"], SYNTHETIC_SPLITS["val"]
+        return SYNTHETIC_TRAIN_SPLIT, HOLDOUT
     train = next((s for s in LRS3_TRAIN_SPLITS if (root / s).is_dir()), None)
     if train is None:
         raise InputError(f"{root} has no LRS3 training split ({' or '.join(LRS3_TRAIN_SPLITS)}).")
-    val = next((s for s in LRS3_VAL_SPLITS if (root / s).is_dir()), None)
-    return train, val
+    return train, HOLDOUT
+
+
+def hold_out(items: list[Utterance], n: int) -> tuple[list[Utterance], list[Utterance]]:
+    """(kept, held): about `n` utterances held out of `items` for validation, never more than a fifth of
+    them (at least one when there are two or more). Each speaker gives its last utterances in turn, so
+    every speaker is represented and the choice does not depend on how many are trained on."""
+    count = min(n, max(1, len(items) // 5)) if len(items) >= 2 else 0
+    held = spread(items[::-1], count) if count else []
+    ids = {u.utt_id for u in held}
+    return [u for u in items if u.utt_id not in ids], held
 
 
 def list_utterances(root: Path, split: str, limit: int | None = None) -> list[Utterance]:
@@ -72,11 +87,11 @@ def list_utterances(root: Path, split: str, limit: int | None = None) -> list[Ut
             for c in iter_lrs3(root, split)
         ]
     if limit is not None and len(items) > limit:
-        items = _spread(items, limit)
+        items = spread(items, limit)
     return items
 
 
-def _spread(items: list[Utterance], limit: int) -> list[Utterance]:
+def spread(items: list[Utterance], limit: int) -> list[Utterance]:
     """`limit` items taken round-robin over speakers, so every speaker stays represented."""
     by_speaker: dict[str, list[Utterance]] = {}
     for item in items:

@@ -263,13 +263,24 @@ def _cache(
     assert opts.data is not None
     root = Path(opts.data)
     splits = run.info["splits"]
-    jobs = [("train", corpus_data.list_utterances(root, splits["train"], opts.max_utterances))]
-    if splits.get("val"):
-        jobs.append(("val", corpus_data.list_utterances(root, splits["val"], opts.max_val)))
+    if splits.get("val") == corpus_data.HOLDOUT:
+        kept, held = corpus_data.hold_out(corpus_data.list_utterances(root, splits["train"]), opts.max_val)
+        if opts.max_utterances is not None and len(kept) > opts.max_utterances:
+            kept = corpus_data.spread(kept, opts.max_utterances)
+        jobs = [("train", kept), *([("val", held)] if held else [])]
+    else:
+        jobs = [("train", corpus_data.list_utterances(root, splits["train"], opts.max_utterances))]
+        if splits.get("val"):
+            jobs.append(("val", corpus_data.list_utterances(root, splits["val"], opts.max_val)))
     summary: dict[str, Any] = {}
     show = sys.stderr.isatty() if opts.progress_bar is None else opts.progress_bar
     for name, utts in jobs:
-        log(f"[cache] {name}: {len(utts)} utterances from split {splits[name]!r}")
+        source = (
+            f"held out of {splits['train']!r}"
+            if splits[name] == corpus_data.HOLDOUT
+            else f"from {splits[name]!r}"
+        )
+        log(f"[cache] {name}: {len(utts)} utterances {source}")
         bar = tqdm(total=len(utts), desc=f"cache {name}", unit="utt", disable=not show)
         last = [time.perf_counter()]
 

@@ -20,7 +20,7 @@ from diffv2s.training.cache import (
     roi_from_uint8,
 )
 from diffv2s.training.cli import train_main
-from diffv2s.training.data import default_splits, list_utterances
+from diffv2s.training.data import HOLDOUT, Utterance, default_splits, hold_out, list_utterances
 from diffv2s.video.mouth_roi import extract_mouth_roi
 
 CFG = preset("small")
@@ -44,8 +44,13 @@ def cached(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_cache_holds_frames_mel_and_speaker_of_every_clip(corpus: Path, cached: Path) -> None:
     data = CacheSet(cached / "cache" / "train", CFG.video)
+    val = CacheSet(cached / "cache" / "val", CFG.video)
     items = list_utterances(corpus, "train")
-    assert sorted(it["utt_id"] for it in data.items) == sorted(u.utt_id for u in items)
+    # Validation is held out of the training split (one of its four clips here), never trained on and
+    # never a test clip.
+    trained, held = {it["utt_id"] for it in data.items}, {it["utt_id"] for it in val.items}
+    assert len(held) == 1 and not trained & held
+    assert trained | held == {u.utt_id for u in items}
     ratio = CFG.audio.mel_rate / CFG.video.fps
     for i, meta in enumerate(data.items):
         transcript = json.loads((corpus / "train" / meta["speaker"] / f"{meta['utt_id']}.json").read_text())
@@ -84,13 +89,12 @@ def test_cache_holds_frames_mel_and_speaker_of_every_clip(corpus: Path, cached: 
         float(data.ge2e(i) @ data.ge2e(j)) for i in range(len(data)) for j in range(i) if spk[i] != spk[j]
     ]
     assert min(same) > max(other)
-    assert (cached / "cache" / "val").is_dir() and len(CacheSet(cached / "cache" / "val", CFG.video)) == 2
 
 
 def test_lrs3_layout_runs_the_same_cache_and_resumes(corpus: Path, cached: Path, tmp_path: Path) -> None:
     lrs3 = tmp_path / "lrs3"
     corpus_to_lrs3(corpus, lrs3)
-    assert default_splits(lrs3) == ("trainval", "test")
+    assert default_splits(lrs3) == ("trainval", HOLDOUT)
     utts = list_utterances(lrs3, "trainval")
     synthetic = {(u.speaker, u.text) for u in list_utterances(corpus, "train")}
     assert {(u.speaker, u.text) for u in utts} == synthetic
@@ -110,15 +114,21 @@ def test_lrs3_layout_runs_the_same_cache_and_resumes(corpus: Path, cached: Path,
     args = ["--data", str(lrs3), "--out", str(run), "--stage", "cache", "--workers", "1", "--no-progress"]
     assert train_main(args) == 0
     from_lrs3 = CacheSet(run / "cache" / "train", CFG.video)
-    assert len(from_lrs3) == 4 and len({it["utt_id"] for it in from_lrs3.items}) == 4
+    held = CacheSet(run / "cache" / "val", CFG.video)
+    assert len(from_lrs3) == 3 and len(held) == 1
+    assert len({it["utt_id"] for it in [*from_lrs3.items, *held.items]}) == 4
     # Same clips, same arrays, whichever layout they were read from.
     reference = CacheSet(cached / "cache" / "train", CFG.video)
-    by_key = {(it["speaker"], it["text"]): i for i, it in enumerate(reference.items)}
+    by_key = {
+        (it["speaker"], it["text"]): (data, i)
+        for data in (reference, CacheSet(cached / "cache" / "val", CFG.video))
+        for i, it in enumerate(data.items)
+    }
     for i, it in enumerate(from_lrs3.items):
-        j = by_key[(it["speaker"], it["text"])]
-        np.testing.assert_array_equal(from_lrs3.frames(i), reference.frames(j))
-        np.testing.assert_array_equal(from_lrs3.mel(i), reference.mel(j))
-        np.testing.assert_allclose(from_lrs3.ge2e(i), reference.ge2e(j), atol=1e-6)
+        data, j = by_key[(it["speaker"], it["text"])]
+        np.testing.assert_array_equal(from_lrs3.frames(i), data.frames(j))
+        np.testing.assert_array_equal(from_lrs3.mel(i), data.mel(j))
+        np.testing.assert_allclose(from_lrs3.ge2e(i), data.ge2e(j), atol=1e-6)
     # LRS3 has no phone timings: no labels, so stage A trains on the mel alone.
     assert reference.has_phones and not from_lrs3.has_phones
     assert (from_lrs3.phone_labels(0, 100.0) == NO_PHONE).all()
@@ -133,3 +143,14 @@ def test_phone_labels_take_the_segment_under_each_frame_centre() -> None:
     assert names[5:8] == ["b"] * 3
     assert names[8:20] == ["aa"] * 12
     assert names[20:] == [None] * 10  # an unknown phone, then no segment at all
+
+
+def test_hold_out_takes_each_speakers_last_utterances_and_at_most_a_fifth() -> None:
+    items = [
+        Utterance(f"s{k}-{j}", f"s{k}", "train", "text", Path("x.mp4")) for k in range(3) for j in range(10)
+    ]
+    kept, held = hold_out(items, 4)
+    assert [u.utt_id for u in held] == ["s2-9", "s1-9", "s0-9", "s2-8"]
+    assert kept == [u for u in items if u not in held]
+    assert len(hold_out(items, 64)[1]) == 6  # a fifth of 30
+    assert len(hold_out(items[:3], 64)[1]) == 1 and hold_out(items[:1], 64) == (items[:1], [])
