@@ -8,10 +8,15 @@ and the loss curves as PNG.
 
 The schedule follows *progress* = max(step / max_steps, elapsed / budget), so a stage resumed after an
 interruption continues the same schedule where it stopped.
+
+With `select=(metric, "max" | "min")` the loop also keeps the state of the best evaluation so far (in the
+state file, so a resume keeps it too) and ends the stage on it when the last evaluation is worse. Only
+for a validation set held out of training: selecting on a test split would flatter the test.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import sys
@@ -111,6 +116,10 @@ class StageRecord:
     done: bool = False
     train: dict[str, list[float]] = field(default_factory=dict)
     evals: dict[str, list[float]] = field(default_factory=dict)
+    # With a selection metric: the step and value of the best evaluation, and the step the stage ended on.
+    best_step: int | None = None
+    best_value: float | None = None
+    kept_step: int | None = None
 
     def add(self, table: dict[str, list[float]], row: dict[str, float]) -> None:
         for key, value in row.items():
@@ -156,20 +165,26 @@ def run_stage(
     stop: StopFlag,
     settings: LoopSettings | None = None,
     log: LogFn = print,
+    select: tuple[str, str] | None = None,
 ) -> StageRecord:
     """Train `stage` until its budget is spent or a stop is requested; resumes from `state_path`.
 
     The state file holds the stage's weights and optimiser, the counters, the curves and the budget the
     stage started with (a resumed stage keeps that budget). Curves go to `{state dir}/{name}.png`.
+    `select` = (metric, "max" | "min"): end on the state of the best evaluation (see the module doc).
     """
+    if select is not None and select[1] not in ("max", "min"):
+        raise ValueError(f"select must be (metric, 'max' | 'min'); got {select!r}")
     settings = settings or LoopSettings()
     record = StageRecord()
+    best: dict[str, Any] | None = None
     saved = load_state(state_path)
     if saved is not None:
         record = StageRecord(**saved["record"])
         budget = Budget(**saved["budget"])
         stage.load_state_dict(saved["stage"])
         torch.set_rng_state(saved["rng"])
+        best = saved.get("best")
         log(
             f"[{stage.name}] resumed at step {record.step} ({record.elapsed / 60:.1f} of {budget.seconds / 60:.1f} min)"
         )
@@ -184,15 +199,24 @@ def run_stage(
             "stage": stage.state_dict(),
             "rng": torch.get_rng_state(),
         }
+        if best is not None:
+            state["best"] = best
         save_state(state_path, state)
         plot_stage(stage.name, record.train, record.evals, curve_path)
 
     def evaluate() -> None:
+        nonlocal best
         metrics = stage.evaluate()
         if metrics:
             record.add(record.evals, {"step": record.step, **metrics})
             shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
             log(f"[{stage.name}] eval at step {record.step}: {shown}")
+        if select is not None and select[0] in metrics:
+            value = float(metrics[select[0]])
+            sign = 1.0 if select[1] == "max" else -1.0
+            if record.best_value is None or sign * (value - record.best_value) > 0:
+                record.best_step, record.best_value = record.step, value
+                best = copy.deepcopy(stage.state_dict())
 
     show_bar = sys.stderr.isatty() if settings.progress_bar is None else settings.progress_bar
     from tqdm import tqdm
@@ -234,6 +258,15 @@ def run_stage(
         if not stop.requested:
             if record.evals.get("step", [None])[-1] != record.step:
                 evaluate()
+            record.kept_step = record.step
+            if select is not None and best is not None and record.best_step != record.step:
+                stage.load_state_dict(best)
+                record.kept_step = record.best_step
+                last = record.evals[select[0]][-1]
+                log(
+                    f"[{stage.name}] ends on the state of step {record.best_step} ({select[0]} "
+                    f"{record.best_value:.4g}; the last step's {last:.4g})"
+                )
             record.done = True
     finally:
         bar.close()

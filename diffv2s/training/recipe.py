@@ -409,7 +409,11 @@ def _stage_speaker(
         if not run.state("speaker").exists():
             stage.initialise()
         budget = Budget(budgets["speaker"], opts.speaker_steps, lr=opts.speaker_lr)
-        run_stage(stage, run.state("speaker"), budget, stop, settings, log)
+        # The least-squares `initialise` is often as good as the InfoNCE steps on validation: keep whichever
+        # state aligns s_v with GE2E best, where validation is held out of training (never on a test split).
+        held_out = run.info["splits"].get("val") == corpus_data.HOLDOUT
+        select = ("val_cos_v_g", "max") if held_out else None
+        run_stage(stage, run.state("speaker"), budget, stop, settings, log, select=select)
         if stop.requested:
             return
     if not run.info.get("features", {}).get("speaker"):

@@ -22,6 +22,7 @@ from diffv2s.nn.speaker import speaker_loss
 from diffv2s.pipeline import Synthesizer
 from diffv2s.schemas import SynthesisParams, SynthesisRequest
 from diffv2s.training.cache import CacheSet
+from diffv2s.training.data import HOLDOUT
 from diffv2s.training.features import FeatureSet
 from diffv2s.training.loop import load_state, stage_record
 from diffv2s.training.recipe import Run, TrainOptions, model_with_stages, train
@@ -46,7 +47,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, obje
     write_fake_cache(run_dir, cfg)
     run = Run(run_dir)
     run.info = {
-        "splits": {"train": "train", "val": "val"},
+        # The fake cache's val clips stand for clips held out of training (what the recipe now defaults to).
+        "splits": {"train": "train", "val": HOLDOUT},
         "cache": {"complete": True},
         "corpus": {"kind": "fake", "name": "fake"},
     }
@@ -115,6 +117,22 @@ def test_each_stage_loss_falls(trained: dict[str, object]) -> None:
     labels = np.concatenate([val.phone_labels(i, 100.0) for i in range(len(val))])
     majority = float(np.bincount(labels).max() / len(labels))
     assert evals["val_phone_acc"][-1] > max(0.75, majority + 0.1)
+
+
+def test_speaker_stage_ends_on_its_best_held_out_state(trained: dict[str, object]) -> None:
+    records = trained["second"].records  # type: ignore[attr-defined]
+    speaker = records["speaker"]
+    cos = speaker.evals["val_cos_v_g"]
+    best = speaker.evals["step"][cos.index(max(cos))]
+    assert speaker.best_value == max(cos) and speaker.best_step == best == speaker.kept_step
+    # What later stages and the checkpoint read is that state.
+    state = load_state(trained["run"] / "speaker" / "state.pt")  # type: ignore[operator]
+    assert state is not None and "best" in state
+    for key, value in state["best"]["speaker"].items():
+        assert torch.equal(state["stage"]["speaker"][key], value), key
+    # The other stages select nothing: they end on their last step.
+    assert records["encoder"].kept_step == records["encoder"].step and records["encoder"].best_step is None
+    assert records["denoiser"].kept_step == records["denoiser"].step
 
 
 def test_denoiser_prior_starts_as_the_encoder_heads_estimate(trained: dict[str, object]) -> None:
