@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sweep",
         default="dpmpp-10,ddim-10,ddim-25",
-        help="sampler ablations, comma-separated SAMPLER-STEPS ('' = none; default: %(default)s)",
+        help="sampler ablations, comma-separated SAMPLER-STEPS or SAMPLER-STEPS-cfgW (with classifier-free "
+        "guidance W) ('' = none; default: %(default)s)",
     )
     p.add_argument(
         "--no-speaker-ablations", action="store_true", help="skip the gt-audio / no-speaker variants"
@@ -89,6 +90,15 @@ def evaluate_main(argv: list[str]) -> int:
     if args.limit is not None and args.limit < 1:
         print("error: --limit must be >= 1", file=sys.stderr)
         return EXIT_INPUT
+    from diffv2s.evaluation.systems import parse_sampler
+
+    sweep = [s for s in args.sweep.split(",") if s.strip()]
+    try:
+        for spec in sweep:
+            parse_sampler(spec)
+    except ValueError as exc:
+        print(f"error: --sweep: {exc}", file=sys.stderr)
+        return EXIT_INPUT
     opts = EvalOptions(
         split=args.split,
         limit=args.limit,
@@ -96,7 +106,7 @@ def evaluate_main(argv: list[str]) -> int:
         steps=args.steps,
         guidance=args.guidance,
         cfg_scale=args.cfg_scale,
-        sweep=[s for s in args.sweep.split(",") if s.strip()],
+        sweep=sweep,
         speaker_ablations=not args.no_speaker_ablations,
         whisper=not args.no_whisper,
         seed=args.seed,

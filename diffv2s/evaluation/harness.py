@@ -119,16 +119,19 @@ def plan_systems(synth: Synthesizer, opts: EvalOptions) -> tuple[SystemSpec, lis
             )
         )
     for spec in opts.sweep:
-        sampler, steps = parse_sampler(spec)
+        sampler, steps, cfg_scale = parse_sampler(spec)
+        name, what = f"{sampler}-{steps}", f"vision-guided, sampler {sampler} with {steps} steps"
+        if cfg_scale is not None:
+            name, what = f"{name}-cfg{cfg_scale:g}", f"{what}, classifier-free guidance {cfg_scale:g}"
         ablations.append(
             SystemSpec(
-                f"{sampler}-{steps}",
-                f"vision-guided, sampler {sampler} with {steps} steps",
+                name,
+                what,
                 speaker="visual",
                 sampler=sampler,
                 steps=steps,
                 guidance=model.guidance,
-                cfg_scale=model.cfg_scale,
+                cfg_scale=model.cfg_scale if cfg_scale is None else cfg_scale,
             )
         )
     return model, ablations

@@ -51,12 +51,23 @@ class SystemSpec:
         return (self.speaker, self.sampler, self.steps, self.guidance, self.cfg_scale)
 
 
-def parse_sampler(spec: str) -> tuple[str, int]:
-    """ "ddim-25" -> ("ddim", 25)."""
-    name, _, steps = spec.strip().partition("-")
-    if not steps.isdigit():
-        raise ValueError(f"sampler spec {spec!r} must look like 'ddim-25' (sampler-steps)")
-    return name, int(steps)
+def parse_sampler(spec: str) -> tuple[str, int, float | None]:
+    """ "ddim-25" -> ("ddim", 25, None); "ddim-10-cfg2" -> ("ddim", 10, 2.0): sampler, steps and a
+    classifier-free guidance scale (None = the model system's)."""
+    name, _, rest = spec.strip().partition("-")
+    steps, sep, cfg = rest.partition("-cfg")
+    scale: float | None = None
+    if sep:
+        try:
+            scale = float(cfg)
+        except ValueError:
+            scale = -1.0
+    if not name or not steps.isdigit() or (scale is not None and not 0.0 <= scale <= 20.0):
+        raise ValueError(
+            f"sweep entry {spec!r} must look like 'ddim-25' (sampler-steps) or 'ddim-10-cfg2' (with a "
+            "classifier-free guidance scale)"
+        )
+    return name, int(steps), scale
 
 
 def ground_truth_mel(synth: Synthesizer, wav: np.ndarray) -> torch.Tensor:

@@ -142,4 +142,5 @@ def test_bad_inputs_exit_with_an_input_error(corpus: Path, tmp_path: Path) -> No
     out = tmp_path / "x.json"
     assert evaluate_main(["--data", str(corpus), "--split", "nope", "--json", str(out), "--no-whisper"]) == 2
     assert evaluate_main(["--data", str(tmp_path / "missing"), "--json", str(out), "--no-whisper"]) == 2
+    assert evaluate_main(["--data", str(corpus), "--json", str(out), "--sweep", "ddim-10-cfgx"]) == 2
     assert not out.exists()

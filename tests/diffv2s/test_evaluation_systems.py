@@ -12,6 +12,7 @@ import torch
 from video_fixtures import fake_roi
 
 from diffv2s.audio import load_wav
+from diffv2s.evaluation.harness import EvalOptions, plan_systems
 from diffv2s.evaluation.signal_metrics import stoi
 from diffv2s.evaluation.systems import (
     SystemSpec,
@@ -114,6 +115,27 @@ def test_vocoder_ceiling_reproduces_speech(synth: Synthesizer, speech: np.ndarra
 
 
 def test_parse_sampler() -> None:
-    assert parse_sampler("ddim-25") == ("ddim", 25)
-    with pytest.raises(ValueError):
-        parse_sampler("ddim")
+    assert parse_sampler("ddim-25") == ("ddim", 25, None)
+    assert parse_sampler(" dpmpp-10-cfg2.5 ") == ("dpmpp", 10, 2.5)
+    for bad in (
+        "ddim",
+        "ddim-",
+        "-10",
+        "ddim-10-cfg",
+        "ddim-10-cfgx",
+        "ddim-10-cfg-1",
+        "ddim-10-cfg25",
+        "ddim-10x",
+    ):
+        with pytest.raises(ValueError, match="sampler-steps"):
+            parse_sampler(bad)
+
+
+def test_sweep_entries_become_ablations_with_their_own_guidance(synth: Synthesizer) -> None:
+    opts = EvalOptions(cfg_scale=1.5, sweep=["ddim-4", "dpmpp-3-cfg2"], speaker_ablations=False)
+    model, ablations = plan_systems(synth, opts)
+    assert model.cfg_scale == 1.5
+    assert [(a.name, a.sampler, a.steps, a.cfg_scale) for a in ablations] == [
+        ("ddim-4", "ddim", 4, 1.5),
+        ("dpmpp-3-cfg2", "dpmpp", 3, 2.0),
+    ]
