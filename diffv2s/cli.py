@@ -41,7 +41,12 @@ def _add_synthesize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: checkpoint default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=0.0, help="speaker-guidance scale (0 = off)")
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument(
+        "--cfg-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (1 = off; default: the checkpoint's)",
+    )
     p.add_argument("--json", action="store_true", help="print timings as JSON")
     p.set_defaults(func=_synthesize)
 

@@ -95,6 +95,9 @@ class DiffusionConfig:
     # 0.458); checkpoints keep the default they were written with.
     default_sampler: str = "ddim"
     default_steps: int = 10
+    # Classifier-free guidance scale a request without one gets (1 = off: one denoiser call per step;
+    # otherwise two). Checkpoints written before this field existed sample without guidance.
+    default_cfg_scale: float = 1.0
     # The diffusion runs on (log-mel - mel_mean) / mel_std, so the data has about unit variance like the
     # noise (raw log-mel sits around -6 with std ~2.5). Training measures both on its corpus; 0 / 1 (no
     # normalisation) is what checkpoints written before these fields existed were trained with.

@@ -292,7 +292,8 @@ class Synthesizer:
             p = params[w.item]
             steps = p.steps or cfg.diffusion.default_steps
             sampler = p.sampler or cfg.diffusion.default_sampler
-            groups.setdefault((sampler, steps, p.guidance, p.cfg_scale), []).append(j)
+            cfg_scale = cfg.diffusion.default_cfg_scale if p.cfg_scale is None else p.cfg_scale
+            groups.setdefault((sampler, steps, p.guidance, cfg_scale), []).append(j)
         done_steps = 0
         total_steps = sum(k[1] for k in groups)
         for (sampler, steps, g_scale, cfg_scale), idx in groups.items():

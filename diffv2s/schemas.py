@@ -25,14 +25,14 @@ class SynthesisParams:
     steps: number of denoiser calls (1..1000); None = the checkpoint's default.
     seed: the item's own noise seed (same seed => same audio, alone or batched).
     guidance: speaker-guidance scale (the paper's gradient of 1 - cos(s_v, s(x0))); 0 = off.
-    cfg_scale: classifier-free guidance scale; 1 = off.
+    cfg_scale: classifier-free guidance scale (1 = off); None = the checkpoint's default.
     """
 
     sampler: str | None = None
     steps: int | None = None
     seed: int = 0
     guidance: float = 0.0
-    cfg_scale: float = 1.0
+    cfg_scale: float | None = None
 
     def validate(self) -> SynthesisParams:
         if self.sampler is not None and self.sampler not in SAMPLERS:
@@ -43,7 +43,7 @@ class SynthesisParams:
             raise InvalidParameter(f"seed must be between 0 and 2**63-1; got {self.seed}")
         if not (0.0 <= self.guidance <= 100.0):
             raise InvalidParameter(f"guidance must be between 0 and 100; got {self.guidance}")
-        if not (0.0 <= self.cfg_scale <= 20.0):
+        if self.cfg_scale is not None and not (0.0 <= self.cfg_scale <= 20.0):
             raise InvalidParameter(f"cfg_scale must be between 0 and 20; got {self.cfg_scale}")
         return self
 

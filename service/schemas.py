@@ -35,8 +35,11 @@ class SynthesisForm(BaseModel):
         default=0, ge=0, lt=2**63, description="Noise seed: same seed and video give the same audio."
     )
     guidance: float = Field(default=0.0, ge=0.0, le=100.0, description="Speaker-guidance scale; 0 = off.")
-    cfg_scale: float = Field(
-        default=1.0, ge=0.0, le=20.0, description="Classifier-free guidance scale; 1 = off."
+    cfg_scale: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=20.0,
+        description="Classifier-free guidance scale (1 = off); default: the model's.",
     )
     output: Literal["wav", "mp4"] = Field(
         default="wav", description="`mp4` also returns the video with the new audio."
@@ -57,7 +60,7 @@ class JobParams(BaseModel):
     steps: int | None
     seed: int
     guidance: float
-    cfg_scale: float
+    cfg_scale: float | None
 
 
 class Progress(BaseModel):

@@ -41,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpmpp"], help="model sampler")
     p.add_argument("--steps", type=int, default=None, help="model sampling steps (default: the checkpoint's)")
     p.add_argument("--guidance", type=float, default=0.0, help="speaker-guidance scale (0 = off)")
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument(
+        "--cfg-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (1 = off; default: the checkpoint's)",
+    )
     p.add_argument(
         "--sweep",
         default="dpmpp-10,ddim-10,ddim-25",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +51,15 @@ METRIC_NOTES: dict[str, str] = {
 
 @dataclass
 class EvalOptions:
-    """What to run. `sampler`/`steps` None = the checkpoint's defaults; `sweep` = sampler ablations."""
+    """What to run. `sampler`/`steps`/`cfg_scale` None = the checkpoint's defaults; `sweep` = sampler
+    ablations."""
 
     split: str = "test_unseen_sentences"
     limit: int | None = None
     sampler: str | None = None
     steps: int | None = None
     guidance: float = 0.0
-    cfg_scale: float = 1.0
+    cfg_scale: float | None = None
     sweep: Sequence[str] = DEFAULT_SWEEP
     speaker_ablations: bool = True
     whisper: bool = True
@@ -92,7 +93,7 @@ def plan_systems(synth: Synthesizer, opts: EvalOptions) -> tuple[SystemSpec, lis
         sampler=opts.sampler or d.default_sampler,
         steps=opts.steps or d.default_steps,
         guidance=opts.guidance,
-        cfg_scale=opts.cfg_scale,
+        cfg_scale=d.default_cfg_scale if opts.cfg_scale is None else opts.cfg_scale,
     )
     ablations: list[SystemSpec] = []
     base = {
@@ -282,11 +283,11 @@ def evaluate_videos(
     opts = opts or EvalOptions()
     torch.set_num_threads(max(1, opts.threads))
     synth = Synthesizer.load(checkpoint, engine=opts.engine, device=opts.device, engine_dir=opts.engine_dir)
-    model_spec, _ = plan_systems(synth, EvalOptions(sampler=opts.sampler, steps=opts.steps, sweep=()))
+    model_spec, _ = plan_systems(synth, replace(opts, sweep=(), speaker_ablations=False))
     scorer = Scorer(whisper=opts.whisper, cache_dir=opts.cache_dir, threads=opts.threads)
     params = SynthesisParams(
         sampler=model_spec.sampler, steps=model_spec.steps, seed=opts.seed, guidance=opts.guidance,
-        cfg_scale=opts.cfg_scale,
+        cfg_scale=model_spec.cfg_scale,
     )  # fmt: skip
     out: list[dict[str, Any]] = []
     for video in videos:

@@ -57,6 +57,8 @@ def export_run(run: Run, opts: TrainOptions, cfg: ModelConfig, log: Callable[[st
         "cache": run.info.get("cache", {}),
         "seed": opts.seed,
         "steps": {k: r.step for k, r in records.items() if r is not None},
+        # The step whose weights were exported (a stage with a selection metric may end on an earlier one).
+        "kept_steps": {k: r.kept_step for k, r in records.items() if r is not None},
         "stage_minutes": {k: round(r.elapsed / 60.0, 2) for k, r in records.items() if r is not None},
         "wall_minutes": {k: round(v / 60.0, 2) for k, v in run.info.get("wall_seconds", {}).items()},
         "losses": {k: _last(r.train) for k, r in records.items() if r is not None},

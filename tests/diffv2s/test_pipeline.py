@@ -80,6 +80,27 @@ def test_no_sampler_means_the_checkpoints_default(synth: Synthesizer) -> None:
         synth.cfg = plain_cfg
 
 
+def test_no_cfg_scale_means_the_checkpoints_default(synth: Synthesizer) -> None:
+    roi = fake_roi(20, seed=4)
+    plain_cfg = synth.cfg
+    assert plain_cfg.diffusion.default_cfg_scale in (1.0, 2.0)
+
+    def mel(cfg_scale: float | None) -> torch.Tensor:
+        (out,), _ = synth.generate_mels([roi], [SynthesisParams(steps=3, seed=2, cfg_scale=cfg_scale)])
+        return out
+
+    try:
+        for default in (1.0, 2.0):
+            other = 2.0 if default == 1.0 else 1.0
+            diffusion = dataclasses.replace(plain_cfg.diffusion, default_cfg_scale=default)
+            synth.cfg = dataclasses.replace(plain_cfg, diffusion=diffusion)
+            unset = mel(None)
+            assert torch.equal(unset, mel(default))
+            assert (unset - mel(other)).abs().max().item() > 1e-3
+    finally:
+        synth.cfg = plain_cfg
+
+
 def test_mixed_sampling_parameters_in_one_batch(synth: Synthesizer) -> None:
     rois = [fake_roi(15, 1), fake_roi(18, 2)]
     params = [

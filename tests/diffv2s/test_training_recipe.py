@@ -222,6 +222,10 @@ def test_checkpoint_holds_the_trained_weights(trained: dict[str, object]) -> Non
     ckpt = load_checkpoint(run_dir / "diffv2s-small.pt")
     assert ckpt.meta["trained"] is True
     assert ckpt.meta["steps"] == {"encoder": ENCODER_STEPS, "speaker": 30, "denoiser": DENOISER_STEPS}
+    speaker = stage_record(run_dir / "speaker" / "state.pt")
+    assert speaker is not None
+    kept = {"encoder": ENCODER_STEPS, "speaker": speaker.best_step, "denoiser": DENOISER_STEPS}
+    assert ckpt.meta["kept_steps"] == kept
     assert (run_dir / "diffv2s-small.pt").stat().st_size < 25e6
     assert not any(k.startswith("speaker.encoder.") for k in ckpt.state_dict)
     encoder = load_state(run_dir / "encoder" / "state.pt")["stage"]["encoder"]  # type: ignore[index]
