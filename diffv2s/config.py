@@ -96,8 +96,10 @@ class DiffusionConfig:
     default_sampler: str = "ddim"
     default_steps: int = 10
     # Classifier-free guidance scale a request without one gets (1 = off: one denoiser call per step;
-    # otherwise two). Checkpoints written before this field existed sample without guidance.
-    default_cfg_scale: float = 1.0
+    # otherwise two). 1.5 was chosen on a selection set of 33 new sentences (not the test split): WER 0.131
+    # vs 0.141 without, ESTOI 0.499 vs 0.466, SECS 0.802 vs 0.753, DNSMOS 2.14 vs 1.94; 2 was no better on
+    # WER and 3 broke it (0.465). Checkpoints written before this field existed sample without guidance.
+    default_cfg_scale: float = 1.5
     # The diffusion runs on (log-mel - mel_mean) / mel_std, so the data has about unit variance like the
     # noise (raw log-mel sits around -6 with std ~2.5). Training measures both on its corpus; 0 / 1 (no
     # normalisation) is what checkpoints written before these fields existed were trained with.
@@ -172,7 +174,10 @@ def _tupleize(value: Any) -> Any:
 
 # Fields added after checkpoints were shipped: absent from a stored config means the value the older
 # code behaved as (not the new default).
-_LEGACY_DEFAULTS: dict[type, dict[str, Any]] = {DenoiserConfig: {"prior_subframes": 0}}
+_LEGACY_DEFAULTS: dict[type, dict[str, Any]] = {
+    DenoiserConfig: {"prior_subframes": 0},
+    DiffusionConfig: {"default_cfg_scale": 1.0},
+}
 
 
 def _build(part_cls: type, values: dict[str, Any]) -> Any:

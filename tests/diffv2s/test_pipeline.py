@@ -80,10 +80,17 @@ def test_no_sampler_means_the_checkpoints_default(synth: Synthesizer) -> None:
         synth.cfg = plain_cfg
 
 
+def test_checkpoints_without_a_cfg_default_sample_without_guidance() -> None:
+    from diffv2s.config import ModelConfig
+
+    stored = ModelConfig().to_dict()
+    assert stored["diffusion"].pop("default_cfg_scale") == 1.5  # what new checkpoints get
+    assert ModelConfig.from_dict(stored).diffusion.default_cfg_scale == 1.0  # what older ones did
+
+
 def test_no_cfg_scale_means_the_checkpoints_default(synth: Synthesizer) -> None:
     roi = fake_roi(20, seed=4)
     plain_cfg = synth.cfg
-    assert plain_cfg.diffusion.default_cfg_scale in (1.0, 2.0)
 
     def mel(cfg_scale: float | None) -> torch.Tensor:
         (out,), _ = synth.generate_mels([roi], [SynthesisParams(steps=3, seed=2, cfg_scale=cfg_scale)])
