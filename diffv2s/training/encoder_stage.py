@@ -57,7 +57,7 @@ class EncoderStage:
         batch_clips: int = 8,
         max_frames: int = 100,
         audio_weight: float = 0.5,
-        phone_weight: float = 0.5,
+        phone_weight: float = 0.2,
         max_shift: int = 4,
         weight_decay: float = 0.01,
         max_val: int = 48,

@@ -75,7 +75,7 @@ class TrainOptions:
     speaker_batch: int = 32
     denoiser_batch: int = 16
     encoder_lr: float = 1e-3
-    phone_weight: float = 0.5
+    phone_weight: float = 0.2
     speaker_lr: float = 1e-4
     denoiser_lr: float = 3e-4
     checkpoint: Path | None = None

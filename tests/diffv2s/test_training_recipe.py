@@ -265,3 +265,14 @@ def test_checkpoint_synthesizes_a_real_video(trained: dict[str, object], tmp_pat
     assert result.waveform is not None and np.isfinite(result.waveform).all()
     assert len(result.waveform) == round(result.video_seconds * result.sample_rate)
     assert float(np.abs(result.waveform).max()) > 0.0
+
+
+def test_the_command_line_defaults_are_the_recipes() -> None:
+    """`diffv2s train` with only --data/--out trains what TrainOptions describes (the shipped recipe):
+    the parser and the dataclass each spell the defaults, so a change to one must reach the other."""
+    from diffv2s.training.cli import _parser
+
+    args = vars(_parser().parse_args(["--data", "d", "--out", "o"]))
+    fields = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.name not in ("data", "out")}
+    assert set(args) - {"data", "out"} == set(fields)
+    assert {k: args[k] for k in fields} == fields
