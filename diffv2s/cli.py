@@ -47,6 +47,13 @@ def _add_synthesize(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="classifier-free guidance scale (1 = off; default: the checkpoint's)",
     )
+    p.add_argument(
+        "--noise-scale",
+        type=float,
+        default=None,
+        help="scale of the sampler's starting noise (1 = N(0, I), lower = nearer the most likely mel; "
+        "default: the checkpoint's)",
+    )
     p.add_argument("--json", action="store_true", help="print timings as JSON")
     p.set_defaults(func=_synthesize)
 
@@ -64,6 +71,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         seed=args.seed,
         guidance=args.guidance,
         cfg_scale=args.cfg_scale,
+        noise_scale=args.noise_scale,
     ).validate()
     if not args.video.is_file():
         raise DiffV2SError(f"{args.video} does not exist or is not a file.")

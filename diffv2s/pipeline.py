@@ -293,10 +293,11 @@ class Synthesizer:
             steps = p.steps or cfg.diffusion.default_steps
             sampler = p.sampler or cfg.diffusion.default_sampler
             cfg_scale = cfg.diffusion.default_cfg_scale if p.cfg_scale is None else p.cfg_scale
-            groups.setdefault((sampler, steps, p.guidance, cfg_scale), []).append(j)
+            noise_scale = cfg.diffusion.default_noise_scale if p.noise_scale is None else p.noise_scale
+            groups.setdefault((sampler, steps, p.guidance, cfg_scale, noise_scale), []).append(j)
         done_steps = 0
         total_steps = sum(k[1] for k in groups)
-        for (sampler, steps, g_scale, cfg_scale), idx in groups.items():
+        for (sampler, steps, g_scale, cfg_scale, noise_scale), idx in groups.items():
 
             def group_progress(step: int, total: int, base: int = done_steps) -> None:
                 if progress is not None:
@@ -312,6 +313,7 @@ class Synthesizer:
                 steps,
                 g_scale,
                 cfg_scale,
+                noise_scale,
                 group_progress,
             )
             for j, mel in zip(idx, out, strict=True):
@@ -347,6 +349,7 @@ class Synthesizer:
         steps: int,
         g_scale: float,
         cfg_scale: float,
+        noise_scale: float,
         progress: ProgressFn,
     ) -> list[torch.Tensor]:
         """Sample the mel of each window: list of [n_mels, L_i] on CPU."""
@@ -359,7 +362,7 @@ class Synthesizer:
         gens = [
             torch.Generator().manual_seed(_item_seed(s, w.index)) for s, w in zip(seeds, windows, strict=True)
         ]
-        noise = samplers.initial_noise(lengths, n_mels, gens).to(self.device)
+        noise = (samplers.initial_noise(lengths, n_mels, gens) * noise_scale).to(self.device)
         speakers = speakers.to(self.device)
         feats = feats.to(self.device)
         norm = self.cfg.diffusion  # samples live in the normalised space; denormalised at the end

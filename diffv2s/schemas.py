@@ -15,6 +15,7 @@ from diffv2s.errors import DiffV2SError, InvalidParameter
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
 OUTPUTS = ("wav", "mp4")
 MAX_STEPS = 1000
+MAX_NOISE_SCALE = 2.0
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class SynthesisParams:
     seed: the item's own noise seed (same seed => same audio, alone or batched).
     guidance: speaker-guidance scale (the paper's gradient of 1 - cos(s_v, s(x0))); 0 = off.
     cfg_scale: classifier-free guidance scale (1 = off); None = the checkpoint's default.
+    noise_scale: scale of the sampler's starting noise (1 = the diffusion's N(0, I); below 1 samples
+        nearer the most likely mel, as Glow-TTS's noise scale and Grad-TTS's temperature do); None = the
+        checkpoint's default.
     """
 
     sampler: str | None = None
@@ -33,6 +37,7 @@ class SynthesisParams:
     seed: int = 0
     guidance: float = 0.0
     cfg_scale: float | None = None
+    noise_scale: float | None = None
 
     def validate(self) -> SynthesisParams:
         if self.sampler is not None and self.sampler not in SAMPLERS:
@@ -45,6 +50,10 @@ class SynthesisParams:
             raise InvalidParameter(f"guidance must be between 0 and 100; got {self.guidance}")
         if self.cfg_scale is not None and not (0.0 <= self.cfg_scale <= 20.0):
             raise InvalidParameter(f"cfg_scale must be between 0 and 20; got {self.cfg_scale}")
+        if self.noise_scale is not None and not (0.0 <= self.noise_scale <= MAX_NOISE_SCALE):
+            raise InvalidParameter(
+                f"noise_scale must be between 0 and {MAX_NOISE_SCALE:g}; got {self.noise_scale}"
+            )
         return self
 
 

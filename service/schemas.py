@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from diffv2s.schemas import MAX_STEPS, SynthesisParams
+from diffv2s.schemas import MAX_NOISE_SCALE, MAX_STEPS, SynthesisParams
 from service.jobs import JobRecord, JobStatus
 
 
@@ -41,6 +41,13 @@ class SynthesisForm(BaseModel):
         le=20.0,
         description="Classifier-free guidance scale (1 = off); default: the model's.",
     )
+    noise_scale: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=MAX_NOISE_SCALE,
+        description="Scale of the sampler's starting noise (1 = N(0, I); lower samples nearer the most "
+        "likely spectrogram); default: the model's.",
+    )
     output: Literal["wav", "mp4"] = Field(
         default="wav", description="`mp4` also returns the video with the new audio."
     )
@@ -52,6 +59,7 @@ class SynthesisForm(BaseModel):
             seed=self.seed,
             guidance=self.guidance,
             cfg_scale=self.cfg_scale,
+            noise_scale=self.noise_scale,
         ).validate()
 
 
@@ -61,6 +69,7 @@ class JobParams(BaseModel):
     seed: int
     guidance: float
     cfg_scale: float | None
+    noise_scale: float | None = None  # absent from jobs queued before the field existed
 
 
 class Progress(BaseModel):

@@ -48,10 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="classifier-free guidance scale (1 = off; default: the checkpoint's)",
     )
     p.add_argument(
+        "--noise-scale",
+        type=float,
+        default=None,
+        help="scale of the sampler's starting noise (1 = N(0, I); default: the checkpoint's)",
+    )
+    p.add_argument(
         "--sweep",
         default="dpmpp-10,ddim-10,ddim-25",
-        help="sampler ablations, comma-separated SAMPLER-STEPS or SAMPLER-STEPS-cfgW (with classifier-free "
-        "guidance W) ('' = none; default: %(default)s)",
+        help="sampler ablations, comma-separated SAMPLER-STEPS, optionally with -cfgW (classifier-free "
+        "guidance W) and/or -noiseS (starting-noise scale S), e.g. ddim-4-cfg1.5-noise1 "
+        "('' = none; default: %(default)s)",
     )
     p.add_argument(
         "--no-speaker-ablations", action="store_true", help="skip the gt-audio / no-speaker variants"
@@ -111,6 +118,7 @@ def evaluate_main(argv: list[str]) -> int:
         steps=args.steps,
         guidance=args.guidance,
         cfg_scale=args.cfg_scale,
+        noise_scale=args.noise_scale,
         sweep=sweep,
         speaker_ablations=not args.no_speaker_ablations,
         whisper=not args.no_whisper,

@@ -51,8 +51,8 @@ METRIC_NOTES: dict[str, str] = {
 
 @dataclass
 class EvalOptions:
-    """What to run. `sampler`/`steps`/`cfg_scale` None = the checkpoint's defaults; `sweep` = sampler
-    ablations."""
+    """What to run. `sampler`/`steps`/`cfg_scale`/`noise_scale` None = the checkpoint's defaults; `sweep` =
+    sampler ablations."""
 
     split: str = "test_unseen_sentences"
     limit: int | None = None
@@ -60,6 +60,7 @@ class EvalOptions:
     steps: int | None = None
     guidance: float = 0.0
     cfg_scale: float | None = None
+    noise_scale: float | None = None
     sweep: Sequence[str] = DEFAULT_SWEEP
     speaker_ablations: bool = True
     whisper: bool = True
@@ -94,6 +95,7 @@ def plan_systems(synth: Synthesizer, opts: EvalOptions) -> tuple[SystemSpec, lis
         steps=opts.steps or d.default_steps,
         guidance=opts.guidance,
         cfg_scale=d.default_cfg_scale if opts.cfg_scale is None else opts.cfg_scale,
+        noise_scale=d.default_noise_scale if opts.noise_scale is None else opts.noise_scale,
     )
     ablations: list[SystemSpec] = []
     base = {
@@ -101,6 +103,7 @@ def plan_systems(synth: Synthesizer, opts: EvalOptions) -> tuple[SystemSpec, lis
         "steps": model.steps,
         "guidance": model.guidance,
         "cfg_scale": model.cfg_scale,
+        "noise_scale": model.noise_scale,
     }
     if opts.speaker_ablations:
         ablations.append(
@@ -120,19 +123,17 @@ def plan_systems(synth: Synthesizer, opts: EvalOptions) -> tuple[SystemSpec, lis
             )
         )
     for spec in opts.sweep:
-        sampler, steps, cfg_scale = parse_sampler(spec)
-        name, what = f"{sampler}-{steps}", f"vision-guided, sampler {sampler} with {steps} steps"
-        if cfg_scale is not None:
-            name, what = f"{name}-cfg{cfg_scale:g}", f"{what}, classifier-free guidance {cfg_scale:g}"
+        entry = parse_sampler(spec)
         ablations.append(
             SystemSpec(
-                name,
-                what,
+                entry.name,
+                entry.description,
                 speaker="visual",
-                sampler=sampler,
-                steps=steps,
+                sampler=entry.sampler,
+                steps=entry.steps,
                 guidance=model.guidance,
-                cfg_scale=model.cfg_scale if cfg_scale is None else cfg_scale,
+                cfg_scale=model.cfg_scale if entry.cfg_scale is None else entry.cfg_scale,
+                noise_scale=model.noise_scale if entry.noise_scale is None else entry.noise_scale,
             )
         )
     return model, ablations
@@ -229,6 +230,7 @@ def evaluate(
                 steps=spec.steps,
                 guidance=spec.guidance,
                 cfg_scale=spec.cfg_scale,
+                noise_scale=spec.noise_scale,
             )
         entry.update(summarize(rows[name]))
         return entry
@@ -287,7 +289,7 @@ def evaluate_videos(
     scorer = Scorer(whisper=opts.whisper, cache_dir=opts.cache_dir, threads=opts.threads)
     params = SynthesisParams(
         sampler=model_spec.sampler, steps=model_spec.steps, seed=opts.seed, guidance=opts.guidance,
-        cfg_scale=model_spec.cfg_scale,
+        cfg_scale=model_spec.cfg_scale, noise_scale=model_spec.noise_scale,
     )  # fmt: skip
     out: list[dict[str, Any]] = []
     for video in videos:
@@ -309,6 +311,8 @@ def evaluate_videos(
             "engine": synth.engines.name,
             "sampler": model_spec.sampler,
             "steps": model_spec.steps,
+            "cfg_scale": model_spec.cfg_scale,
+            "noise_scale": model_spec.noise_scale,
             "seed": opts.seed,
         },
         "videos": out,

@@ -37,13 +37,14 @@ def _cell(value: Any, fmt: str) -> str:
 
 def markdown_table(report: dict[str, Any]) -> str:
     """Two tables: the metrics per system, then the grammar ASR's accuracy per GRID slot."""
-    meta = report.get("meta", {})
+    meta, model = report.get("meta", {}), report.get("model", {})
     lines = [
         f"## DiffV2S evaluation: `{meta.get('split', '?')}`",
         "",
         f"checkpoint `{str(meta.get('checkpoint_sha256', ''))[:12]}` "
-        f"(trained: {meta.get('checkpoint_trained')}), {report.get('model', {}).get('n_utterances', 0)} utterances, "
-        f"model sampler {report.get('model', {}).get('sampler')}-{report.get('model', {}).get('steps')}",
+        f"(trained: {meta.get('checkpoint_trained')}), {model.get('n_utterances', 0)} utterances, "
+        f"model sampler {model.get('sampler')}-{model.get('steps')}, CFG scale {model.get('cfg_scale')}, "
+        f"noise scale {model.get('noise_scale')}",
         "",
         "| system | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
         "|---|" + "---:|" * len(COLUMNS),

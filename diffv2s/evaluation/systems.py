@@ -27,7 +27,7 @@ from diffv2s.audio import mel_spectrogram
 from diffv2s.engines import Engines
 from diffv2s.nn.speaker import mel_to_audio_features
 from diffv2s.pipeline import Synthesizer, plan_windows
-from diffv2s.schemas import SynthesisParams
+from diffv2s.schemas import MAX_NOISE_SCALE, SynthesisParams
 from diffv2s.video.mouth_roi import MouthROI
 
 SPEAKER_MODES = ("visual", "audio", "null", "zero")
@@ -44,30 +44,70 @@ class SystemSpec:
     steps: int = 10
     guidance: float = 0.0
     cfg_scale: float = 1.0
+    noise_scale: float = 1.0
 
     @property
-    def sampling_key(self) -> tuple[str, str, int, float, float]:
+    def sampling_key(self) -> tuple[str, str, int, float, float, float]:
         """Two systems with equal keys produce identical audio (same seeds)."""
-        return (self.speaker, self.sampler, self.steps, self.guidance, self.cfg_scale)
+        return (self.speaker, self.sampler, self.steps, self.guidance, self.cfg_scale, self.noise_scale)
 
 
-def parse_sampler(spec: str) -> tuple[str, int, float | None]:
-    """ "ddim-25" -> ("ddim", 25, None); "ddim-10-cfg2" -> ("ddim", 10, 2.0): sampler, steps and a
-    classifier-free guidance scale (None = the model system's)."""
-    name, _, rest = spec.strip().partition("-")
-    steps, sep, cfg = rest.partition("-cfg")
-    scale: float | None = None
-    if sep:
+# Optional "-<name><value>" parts of a sweep entry after sampler-steps, and each one's allowed range.
+SWEEP_SCALES = {"cfg": 20.0, "noise": MAX_NOISE_SCALE}
+
+
+@dataclass(frozen=True)
+class SweepEntry:
+    """One `--sweep` entry: a sampler and steps, and optionally its own CFG / starting-noise scale (None =
+    the model system's)."""
+
+    sampler: str
+    steps: int
+    cfg_scale: float | None = None
+    noise_scale: float | None = None
+
+    @property
+    def name(self) -> str:
+        name = f"{self.sampler}-{self.steps}"
+        if self.cfg_scale is not None:
+            name += f"-cfg{self.cfg_scale:g}"
+        if self.noise_scale is not None:
+            name += f"-noise{self.noise_scale:g}"
+        return name
+
+    @property
+    def description(self) -> str:
+        what = f"vision-guided, sampler {self.sampler} with {self.steps} steps"
+        if self.cfg_scale is not None:
+            what += f", classifier-free guidance {self.cfg_scale:g}"
+        if self.noise_scale is not None:
+            what += f", starting noise scaled by {self.noise_scale:g}"
+        return what
+
+
+def parse_sampler(spec: str) -> SweepEntry:
+    """ "ddim-25" -> SweepEntry("ddim", 25); "ddim-10-cfg2" -> classifier-free guidance 2;
+    "ddim-4-cfg1.5-noise1" -> also the starting-noise scale 1. Raises ValueError with the accepted form."""
+    name, *parts = spec.strip().split("-")
+    scales: dict[str, float] = {}
+    ok = bool(name) and bool(parts) and parts[0].isdigit()
+    for part in parts[1:] if ok else ():
+        key = next((k for k in SWEEP_SCALES if part.startswith(k)), None)
         try:
-            scale = float(cfg)
+            value = float(part[len(key) :]) if key is not None else -1.0
         except ValueError:
-            scale = -1.0
-    if not name or not steps.isdigit() or (scale is not None and not 0.0 <= scale <= 20.0):
+            value = -1.0
+        if key is None or key in scales or not 0.0 <= value <= SWEEP_SCALES[key]:
+            ok = False
+            break
+        scales[key] = value
+    if not ok:
         raise ValueError(
-            f"sweep entry {spec!r} must look like 'ddim-25' (sampler-steps) or 'ddim-10-cfg2' (with a "
-            "classifier-free guidance scale)"
+            f"sweep entry {spec!r} must look like 'ddim-25' (sampler-steps), optionally followed by "
+            f"'-cfgW' (classifier-free guidance, 0..20) and/or '-noiseS' (starting-noise scale, "
+            f"0..{MAX_NOISE_SCALE:g}), e.g. 'ddim-4-cfg1.5-noise1'"
         )
-    return name, int(steps), scale
+    return SweepEntry(name, int(parts[0]), scales.get("cfg"), scales.get("noise"))
 
 
 def ground_truth_mel(synth: Synthesizer, wav: np.ndarray) -> torch.Tensor:
@@ -156,7 +196,12 @@ def synthesize_system(
         engines = _null_speaker_override(engines, synth.model.denoiser.null_speaker.detach().float().cpu())
     params = [
         SynthesisParams(
-            sampler=spec.sampler, steps=spec.steps, seed=s, guidance=spec.guidance, cfg_scale=spec.cfg_scale
+            sampler=spec.sampler,
+            steps=spec.steps,
+            seed=s,
+            guidance=spec.guidance,
+            cfg_scale=spec.cfg_scale,
+            noise_scale=spec.noise_scale,
         ).validate()
         for s in seeds
     ]

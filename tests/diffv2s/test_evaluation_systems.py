@@ -15,6 +15,7 @@ from diffv2s.audio import load_wav
 from diffv2s.evaluation.harness import EvalOptions, plan_systems
 from diffv2s.evaluation.signal_metrics import stoi
 from diffv2s.evaluation.systems import (
+    SweepEntry,
     SystemSpec,
     ground_truth_mel,
     parse_sampler,
@@ -115,8 +116,12 @@ def test_vocoder_ceiling_reproduces_speech(synth: Synthesizer, speech: np.ndarra
 
 
 def test_parse_sampler() -> None:
-    assert parse_sampler("ddim-25") == ("ddim", 25, None)
-    assert parse_sampler(" dpmpp-10-cfg2.5 ") == ("dpmpp", 10, 2.5)
+    assert parse_sampler("ddim-25") == SweepEntry("ddim", 25)
+    assert parse_sampler(" dpmpp-10-cfg2.5 ") == SweepEntry("dpmpp", 10, cfg_scale=2.5)
+    assert parse_sampler("ddim-4-cfg1.5-noise1") == SweepEntry("ddim", 4, cfg_scale=1.5, noise_scale=1.0)
+    assert parse_sampler("ddim-4-noise0.5-cfg2") == SweepEntry("ddim", 4, cfg_scale=2.0, noise_scale=0.5)
+    assert parse_sampler("ddim-4-noise0").noise_scale == 0.0
+    assert parse_sampler("ddim-4-cfg1.5-noise1").name == "ddim-4-cfg1.5-noise1"
     for bad in (
         "ddim",
         "ddim-",
@@ -126,16 +131,35 @@ def test_parse_sampler() -> None:
         "ddim-10-cfg-1",
         "ddim-10-cfg25",
         "ddim-10x",
+        "ddim-4-noise",
+        "ddim-4-noise3",
+        "ddim-4-cfg1-cfg2",
+        "ddim-4-eta1",
     ):
         with pytest.raises(ValueError, match="sampler-steps"):
             parse_sampler(bad)
 
 
 def test_sweep_entries_become_ablations_with_their_own_guidance(synth: Synthesizer) -> None:
-    opts = EvalOptions(cfg_scale=1.5, sweep=["ddim-4", "dpmpp-3-cfg2"], speaker_ablations=False)
+    opts = EvalOptions(
+        cfg_scale=1.5,
+        noise_scale=0.7,
+        sweep=["ddim-4", "dpmpp-3-cfg2", "ddim-4-noise1"],
+        speaker_ablations=False,
+    )
     model, ablations = plan_systems(synth, opts)
-    assert model.cfg_scale == 1.5
-    assert [(a.name, a.sampler, a.steps, a.cfg_scale) for a in ablations] == [
-        ("ddim-4", "ddim", 4, 1.5),
-        ("dpmpp-3-cfg2", "dpmpp", 3, 2.0),
+    assert (model.cfg_scale, model.noise_scale) == (1.5, 0.7)
+    assert [(a.name, a.sampler, a.steps, a.cfg_scale, a.noise_scale) for a in ablations] == [
+        ("ddim-4", "ddim", 4, 1.5, 0.7),
+        ("dpmpp-3-cfg2", "dpmpp", 3, 2.0, 0.7),
+        ("ddim-4-noise1", "ddim", 4, 1.5, 1.0),
     ]
+    # Unset, the model system samples as the checkpoint says.
+    model, _ = plan_systems(synth, EvalOptions(sweep=[], speaker_ablations=False))
+    d = synth.cfg.diffusion
+    assert (model.sampler, model.steps, model.cfg_scale, model.noise_scale) == (
+        d.default_sampler,
+        d.default_steps,
+        d.default_cfg_scale,
+        d.default_noise_scale,
+    )

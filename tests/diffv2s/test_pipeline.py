@@ -60,17 +60,26 @@ def test_seed_decides_the_noise(synth: Synthesizer) -> None:
     assert (a[0] - b[0]).abs().max().item() > 1e-2
 
 
-def test_checkpoints_without_a_cfg_default_sample_without_guidance() -> None:
+@pytest.mark.parametrize(
+    ("field", "new", "old"), [("default_cfg_scale", 1.5, 1.0), ("default_noise_scale", 0.5, 1.0)]
+)
+def test_checkpoints_older_than_a_sampling_default_keep_sampling_as_they_did(
+    field: str, new: float, old: float
+) -> None:
     from diffv2s.config import ModelConfig
 
     stored = ModelConfig().to_dict()
-    assert stored["diffusion"].pop("default_cfg_scale") == 1.5  # what new checkpoints get
-    assert ModelConfig.from_dict(stored).diffusion.default_cfg_scale == 1.0  # what older ones did
+    assert stored["diffusion"].pop(field) == new  # what new checkpoints get
+    assert getattr(ModelConfig.from_dict(stored).diffusion, field) == old  # what older ones did
 
 
 @pytest.mark.parametrize(
     ("param", "config_field", "values"),
-    [("sampler", "default_sampler", ("ddim", "dpmpp")), ("cfg_scale", "default_cfg_scale", (1.0, 2.0))],
+    [
+        ("sampler", "default_sampler", ("ddim", "dpmpp")),
+        ("cfg_scale", "default_cfg_scale", (1.0, 2.0)),
+        ("noise_scale", "default_noise_scale", (1.0, 0.5)),
+    ],
 )
 def test_an_unset_parameter_means_the_checkpoints_default(
     synth: Synthesizer, param: str, config_field: str, values: tuple[object, object]

@@ -48,7 +48,7 @@ def assert_error(resp: httpx.Response, status: int, code: str) -> dict:
 async def test_submit_queues_job_with_upload_in_storage(
     client: httpx.AsyncClient, settings: Settings, media: dict[str, Path], rdb: redis.Redis
 ) -> None:
-    resp = await submit(client, media["video"], steps="4", seed="7", sampler="ddim")
+    resp = await submit(client, media["video"], steps="4", seed="7", sampler="ddim", noise_scale="0.7")
     assert resp.status_code == 202, resp.text
     job = resp.json()
     job_id = job["id"]
@@ -56,7 +56,14 @@ async def test_submit_queues_job_with_upload_in_storage(
     assert resp.headers["location"] == f"/v1/jobs/{job_id}"
     assert int(resp.headers["retry-after"]) >= 1
     assert job["status"] == "queued"
-    assert job["params"] == {"sampler": "ddim", "steps": 4, "seed": 7, "guidance": 0.0, "cfg_scale": None}
+    assert job["params"] == {
+        "sampler": "ddim",
+        "steps": 4,
+        "seed": 7,
+        "guidance": 0.0,
+        "cfg_scale": None,
+        "noise_scale": 0.7,
+    }
     assert job["urls"]["cancel"] == f"/v1/jobs/{job_id}/cancel"
     assert job["urls"]["audio"] is None
     assert job["video_seconds"] == pytest.approx(1.0, abs=0.05)
@@ -91,10 +98,10 @@ async def test_auth_is_required_and_keys_are_isolated(
     async with make_client(settings, key_a) as a, make_client(settings, key_b) as b:
         created = (await submit(a, media["video"])).json()
         job_id = created["id"]
-        # Sampler, steps and CFG scale not given: null, i.e. the model's defaults, decided by the worker's
-        # checkpoint.
+        # Sampler, steps, CFG and noise scale not given: null, i.e. the model's defaults, decided by the
+        # worker's checkpoint.
         assert created["params"]["sampler"] is None and created["params"]["steps"] is None
-        assert created["params"]["cfg_scale"] is None
+        assert created["params"]["cfg_scale"] is None and created["params"]["noise_scale"] is None
         assert_error(await b.get(f"/v1/jobs/{job_id}"), 404, "job_not_found")
         assert_error(await b.get(f"/v1/jobs/{job_id}/audio"), 404, "job_not_found")
         assert_error(await b.post(f"/v1/jobs/{job_id}/cancel"), 404, "job_not_found")
@@ -154,6 +161,10 @@ async def test_idempotency_key_replays_or_conflicts(
         {"seed": "-1"},
         {"guidance": "nan"},
         {"guidance": "-1"},
+        {"cfg_scale": "21"},
+        {"noise_scale": "-0.1"},
+        {"noise_scale": "2.5"},
+        {"noise_scale": "nan"},
         {"output": "ogg"},
         {"unknown_option": "1"},
     ],

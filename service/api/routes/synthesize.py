@@ -128,6 +128,7 @@ async def synthesize(
                 "seed": params.seed,
                 "guidance": params.guidance,
                 "cfg_scale": params.cfg_scale,
+                "noise_scale": params.noise_scale,
             },
             output=form.output,
             input_key=key,
