@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-speaker-ablations", action="store_true", help="skip the gt-audio / no-speaker variants"
     )
+    p.add_argument(
+        "--prior",
+        action="store_true",
+        help="also score the denoiser's visual prior alone (system visual_prior: stage A's mel estimate, "
+        "no diffusion)",
+    )
     p.add_argument("--no-whisper", action="store_true", help="skip Whisper (the slowest metric on CPU)")
     p.add_argument("--seed", type=int, default=0, help="utterance k is sampled with seed SEED + k")
     p.add_argument("--batch-size", type=int, default=8)
@@ -121,6 +127,7 @@ def evaluate_main(argv: list[str]) -> int:
         noise_scale=args.noise_scale,
         sweep=sweep,
         speaker_ablations=not args.no_speaker_ablations,
+        prior_ablation=args.prior,
         whisper=not args.no_whisper,
         seed=args.seed,
         batch_size=args.batch_size,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from diffv2s.audio import save_wav
-from diffv2s.errors import DiffV2SError
+from diffv2s.errors import DiffV2SError, InputError
 from diffv2s.evaluation.corpus_data import EvalItem, load_items
 from diffv2s.evaluation.figures import MelPair, write_mel_figure
 from diffv2s.evaluation.scoring import Scorer, UtteranceScore, summarize
@@ -24,6 +24,7 @@ from diffv2s.evaluation.systems import (
     ground_truth_mel,
     parse_sampler,
     synthesize_system,
+    visual_prior_spec,
     vocode_ground_truth,
 )
 from diffv2s.pipeline import Synthesizer
@@ -63,6 +64,7 @@ class EvalOptions:
     noise_scale: float | None = None
     sweep: Sequence[str] = DEFAULT_SWEEP
     speaker_ablations: bool = True
+    prior_ablation: bool = False  # also score the denoiser's visual prior alone (`visual_prior`)
     whisper: bool = True
     seed: int = 0
     batch_size: int = 8
@@ -122,6 +124,13 @@ def plan_systems(synth: Synthesizer, opts: EvalOptions) -> tuple[SystemSpec, lis
                 **base,  # type: ignore[arg-type]
             )
         )
+    if opts.prior_ablation:
+        if synth.model.denoiser.prior is None:
+            raise InputError(
+                "--prior: this checkpoint's denoiser has no visual prior (prior_subframes = 0); "
+                "leave --prior out"
+            )
+        ablations.append(visual_prior_spec())
     for spec in opts.sweep:
         entry = parse_sampler(spec)
         ablations.append(
@@ -231,6 +240,7 @@ def evaluate(
                 guidance=spec.guidance,
                 cfg_scale=spec.cfg_scale,
                 noise_scale=spec.noise_scale,
+                denoiser=spec.denoiser,
             )
         entry.update(summarize(rows[name]))
         return entry

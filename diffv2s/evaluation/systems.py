@@ -8,6 +8,9 @@
   `no_speaker` gives the denoiser the learned null speaker vector that condition dropout trained (the visual
   features stay), or a zero vector for `speaker="zero"`.
 - sampler ablations: the model with another sampler / step count.
+- `visual_prior` (`denoiser="prior"`): the denoiser's visual prior mu alone — stage A's mel estimate from the
+  encoder features, the mel the Transformer corrects — put through one DDIM step in place of the network's
+  x0 prediction, so it is vocoded exactly as the model's mel is. What the diffusion adds is the gap to `model`.
 
 Every synthesized system runs the pipeline's own `generate_mels` + `_vocode` on mouth ROIs extracted once
 per utterance; a speaker override swaps the speaker (or denoiser) engine for the duration of one call, so
@@ -25,12 +28,14 @@ import torch
 
 from diffv2s.audio import mel_spectrogram
 from diffv2s.engines import Engines
+from diffv2s.nn.denoiser import Denoiser
 from diffv2s.nn.speaker import mel_to_audio_features
 from diffv2s.pipeline import Synthesizer, plan_windows
 from diffv2s.schemas import MAX_NOISE_SCALE, SynthesisParams
 from diffv2s.video.mouth_roi import MouthROI
 
 SPEAKER_MODES = ("visual", "audio", "null", "zero")
+DENOISER_MODES = ("model", "prior")
 
 
 @dataclass(frozen=True)
@@ -45,11 +50,34 @@ class SystemSpec:
     guidance: float = 0.0
     cfg_scale: float = 1.0
     noise_scale: float = 1.0
+    denoiser: str = "model"  # one of DENOISER_MODES
 
     @property
-    def sampling_key(self) -> tuple[str, str, int, float, float, float]:
+    def sampling_key(self) -> tuple[str, str, int, float, float, float, str]:
         """Two systems with equal keys produce identical audio (same seeds)."""
-        return (self.speaker, self.sampler, self.steps, self.guidance, self.cfg_scale, self.noise_scale)
+        return (
+            self.speaker,
+            self.sampler,
+            self.steps,
+            self.guidance,
+            self.cfg_scale,
+            self.noise_scale,
+            self.denoiser,
+        )
+
+
+def visual_prior_spec() -> SystemSpec:
+    """The `visual_prior` ablation: mu alone, one deterministic step, no guidance (see the module doc)."""
+    return SystemSpec(
+        "visual_prior",
+        "the denoiser's visual prior mu alone (stage A's mel estimate from the encoder), no diffusion",
+        speaker="visual",
+        sampler="ddim",
+        steps=1,
+        cfg_scale=1.0,
+        noise_scale=0.0,
+        denoiser="prior",
+    )
 
 
 # Optional "-<name><value>" parts of a sweep entry after sampler-steps, and each one's allowed range.
@@ -168,6 +196,20 @@ def _null_speaker_override(engines: Engines, null: torch.Tensor) -> Engines:
     return dataclasses.replace(engines, denoiser=denoiser)
 
 
+def _prior_override(engines: Engines, module: Denoiser) -> Engines:
+    """Engines whose denoiser returns its visual prior mu [B, n_mels, T] instead of its x0 prediction."""
+
+    def denoiser(x_t, t, visual, visual_mask, speaker, mask, drop_cond):  # type: ignore[no-untyped-def]
+        if drop_cond is not None:
+            null = module.null_visual.to(device=visual.device, dtype=visual.dtype)
+            visual = torch.where(drop_cond.to(torch.bool)[:, None, None], null, visual)
+        with torch.no_grad():
+            mu = module.prior_mel(visual, visual_mask, x_t.shape[2])  # [B, T, n_mels]
+        return (mu * mask[..., None].to(mu.dtype)).transpose(1, 2).to(x_t.dtype)
+
+    return dataclasses.replace(engines, denoiser=denoiser)
+
+
 def synthesize_system(
     synth: Synthesizer,
     spec: SystemSpec,
@@ -182,6 +224,8 @@ def synthesize_system(
     """
     if spec.speaker not in SPEAKER_MODES:
         raise ValueError(f"speaker mode must be one of {SPEAKER_MODES}; got {spec.speaker!r}")
+    if spec.denoiser not in DENOISER_MODES:
+        raise ValueError(f"denoiser mode must be one of {DENOISER_MODES}; got {spec.denoiser!r}")
     engines = synth.engines
     if spec.speaker == "audio":
         if gt_mels is None:
@@ -194,6 +238,10 @@ def synthesize_system(
         engines = _speaker_override(engines, torch.zeros(n, synth.cfg.speaker.embed_dim))
     elif spec.speaker == "null":
         engines = _null_speaker_override(engines, synth.model.denoiser.null_speaker.detach().float().cpu())
+    if spec.denoiser == "prior":
+        if synth.model.denoiser.prior is None:
+            raise ValueError("this checkpoint's denoiser has no visual prior (prior_subframes = 0)")
+        engines = _prior_override(engines, synth.model.denoiser)
     params = [
         SynthesisParams(
             sampler=spec.sampler,

@@ -18,7 +18,7 @@ from diffv2s.evaluation.text import SLOT_NAMES
 
 SYSTEMS = ("model", "vocoder_ceiling", "ground_truth")
 DEFAULT_SAMPLER = load_checkpoint().config.diffusion.default_sampler
-ABLATIONS = ("gt_audio_speaker", "no_speaker", f"{DEFAULT_SAMPLER}-2")
+ABLATIONS = ("gt_audio_speaker", "no_speaker", "visual_prior", f"{DEFAULT_SAMPLER}-2")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def evaluated(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[i
     argv = ["--data", str(corpus), "--split", "test_unseen_sentences", "--json", str(out), "--steps", "2"]
     # The sweep's one entry equals the model's settings, so its audio is reused rather than sampled again.
     argv += ["--sweep", f"{DEFAULT_SAMPLER}-2", "--cache-dir", str(cache), "--limit", "1"]
-    argv += ["--mel-figure", str(out.parent / "mels.png")]
+    argv += ["--mel-figure", str(out.parent / "mels.png"), "--prior"]
     return evaluate_main(argv), out
 
 
@@ -57,6 +57,10 @@ def test_report_has_every_system_with_every_metric(evaluated: tuple[int, Path]) 
     assert report["model"]["sampler"] == DEFAULT_SAMPLER and report["model"]["steps"] == 2
     assert report["ablations"]["gt_audio_speaker"]["speaker"] == "audio"
     assert report["ablations"]["no_speaker"]["speaker"] == "null"
+    assert report["model"]["denoiser"] == "model"
+    prior = report["ablations"]["visual_prior"]
+    assert (prior["denoiser"], prior["sampler"], prior["steps"]) == ("prior", "ddim", 1)
+    assert prior["mcd"] != report["model"]["mcd"]  # sampled on its own, not reused from the model's audio
     assert report["meta"]["split"] == "test_unseen_sentences"
     same = report["ablations"][f"{DEFAULT_SAMPLER}-2"]
     assert all(same[key] == report["model"][key] for key in METRICS)

@@ -12,6 +12,7 @@ import torch
 from video_fixtures import fake_roi
 
 from diffv2s.audio import load_wav
+from diffv2s.errors import InputError
 from diffv2s.evaluation.harness import EvalOptions, plan_systems
 from diffv2s.evaluation.signal_metrics import stoi
 from diffv2s.evaluation.systems import (
@@ -20,6 +21,7 @@ from diffv2s.evaluation.systems import (
     ground_truth_mel,
     parse_sampler,
     synthesize_system,
+    visual_prior_spec,
     vocode_ground_truth,
 )
 from diffv2s.nn.speaker import mel_to_audio_features
@@ -163,3 +165,47 @@ def test_sweep_entries_become_ablations_with_their_own_guidance(synth: Synthesiz
         d.default_cfg_scale,
         d.default_noise_scale,
     )
+
+
+def test_visual_prior_system_is_the_denoisers_prior_alone(synth: Synthesizer) -> None:
+    rois = [fake_roi(40, seed=4)]
+    prior = visual_prior_spec()
+    model_one_step = dataclasses.replace(prior, name="model", denoiser="model")
+    (a,) = synthesize_system(synth, prior, rois, [1])
+    (b,) = synthesize_system(synth, dataclasses.replace(prior, noise_scale=1.0), rois, [7])
+    np.testing.assert_array_equal(a, b)  # mu does not depend on the starting noise
+    (m,) = synthesize_system(synth, model_one_step, rois, [1])
+    assert np.abs(m - a).max() > 1e-3  # the trained network corrects mu
+    # With the network's correction zeroed, its x0 prediction is mu: the model system becomes the prior.
+    out = synth.model.denoiser.out_proj
+    saved = [p.detach().clone() for p in out.parameters()]
+    try:
+        with torch.no_grad():
+            for p in out.parameters():
+                p.zero_()
+        (z,) = synthesize_system(synth, model_one_step, rois, [7])
+    finally:
+        with torch.no_grad():
+            for p, s in zip(out.parameters(), saved, strict=True):
+                p.copy_(s)
+    np.testing.assert_allclose(z, a, atol=1e-5)
+
+
+def test_prior_ablation_is_planned_only_when_asked_and_possible(synth: Synthesizer) -> None:
+    _, ablations = plan_systems(synth, EvalOptions(sweep=["ddim-4"], speaker_ablations=False))
+    assert [a.name for a in ablations] == ["ddim-4"]
+    _, ablations = plan_systems(
+        synth, EvalOptions(sweep=["ddim-4"], speaker_ablations=False, prior_ablation=True)
+    )
+    assert [(a.name, a.denoiser, a.steps, a.cfg_scale) for a in ablations] == [
+        ("visual_prior", "prior", 1, 1.0),
+        ("ddim-4", "model", 4, synth.cfg.diffusion.default_cfg_scale),
+    ]
+    layer, synth.model.denoiser.prior = synth.model.denoiser.prior, None
+    try:
+        with pytest.raises(InputError, match="no visual prior"):
+            plan_systems(synth, EvalOptions(sweep=[], prior_ablation=True))
+        with pytest.raises(ValueError, match="no visual prior"):
+            synthesize_system(synth, visual_prior_spec(), [fake_roi(8, seed=1)], [1])
+    finally:
+        synth.model.denoiser.prior = layer
