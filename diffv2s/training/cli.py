@@ -70,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
         help="weight of stage A's phone cross-entropy (corpora with phone timings; 0 turns it off); "
         "0.2 is the shipped checkpoint's",
     )
+    p.add_argument(
+        "--encoder-share",
+        type=float,
+        default=0.38,
+        help="share of the minutes after the cache step that stage A (the visual encoder) gets, 0.1-0.8; "
+        "the speaker stage gets 0.05 and the denoiser the rest up to 0.95 (default 0.38: 0.52 for the "
+        "denoiser, the shipped checkpoint's split)",
+    )
     p.add_argument("--speaker-lr", type=float, default=1e-4)
     p.add_argument("--denoiser-lr", type=float, default=3e-4)
     p.add_argument(

@@ -11,7 +11,7 @@
     {run}/curves.png               all stages' curves in one figure
 
 The cache step takes what it takes; the remaining minutes are split between the stages by
-`STAGE_SHARES` (the rest covers feature extraction and export). A stage's budget is fixed when it is
+`stage_shares(encoder_share)` (the rest covers feature extraction and export). A stage's budget is fixed when it is
 first planned, so `--resume` continues the same schedules. Every stage saves its state every few minutes
 and on SIGINT/SIGTERM.
 """
@@ -47,7 +47,11 @@ from diffv2s.training.loop import (
 )
 
 STAGES = ("cache", "encoder", "speaker", "denoiser", "export")
-STAGE_SHARES = {"encoder": 0.38, "speaker": 0.05, "denoiser": 0.52}
+# Shares of the minutes left after the cache step: the speaker stage's is fixed, the encoder's is
+# `--encoder-share` and the denoiser gets what the stages' total leaves.
+SPEAKER_SHARE = 0.05
+STAGES_TOTAL_SHARE = 0.95
+ENCODER_SHARE_RANGE = (0.1, 0.8)
 MIN_STAGE_SECONDS = 30.0
 
 
@@ -76,6 +80,7 @@ class TrainOptions:
     denoiser_batch: int = 16
     encoder_lr: float = 1e-3
     phone_weight: float = 0.2
+    encoder_share: float = 0.38
     speaker_lr: float = 1e-4
     denoiser_lr: float = 3e-4
     checkpoint: Path | None = None
@@ -163,11 +168,24 @@ def model_with_stages(run: Run, cfg: ModelConfig, seed: int, parts: tuple[str, .
     return model
 
 
+def stage_shares(encoder_share: float) -> dict[str, float]:
+    """Each training stage's share of the minutes left after the cache step."""
+    low, high = ENCODER_SHARE_RANGE
+    if not low <= encoder_share <= high:
+        raise InputError(f"--encoder-share must be between {low:g} and {high:g}; got {encoder_share:g}")
+    return {
+        "encoder": encoder_share,
+        "speaker": SPEAKER_SHARE,
+        "denoiser": STAGES_TOTAL_SHARE - SPEAKER_SHARE - encoder_share,
+    }
+
+
 def _plan_budgets(run: Run, opts: TrainOptions) -> dict[str, float]:
     if "budgets" not in run.info:
         used = float(run.info.get("wall_seconds", {}).get("cache", 0.0))
         left = max(opts.minutes * 60.0 - used, 0.0)
-        run.info["budgets"] = {k: max(share * left, MIN_STAGE_SECONDS) for k, share in STAGE_SHARES.items()}
+        shares = stage_shares(opts.encoder_share)
+        run.info["budgets"] = {k: max(share * left, MIN_STAGE_SECONDS) for k, share in shares.items()}
         run.save()
     budgets: dict[str, float] = run.info["budgets"]
     return budgets
@@ -186,6 +204,7 @@ def train(
     """Run the recipe (or one stage of it) described by `opts`. Returns when done or stopped."""
     if opts.stage not in ("all", *STAGES):
         raise InputError(f"unknown stage {opts.stage!r}; choose all, {', '.join(STAGES)}")
+    stage_shares(opts.encoder_share)  # a bad share fails before anything is written
     run = Run(opts.out)
     if run.info and not opts.resume and opts.stage == "all":
         raise InputError(

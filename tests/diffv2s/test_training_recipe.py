@@ -66,6 +66,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, obje
         encoder_batch=3,
         speaker_batch=3,
         denoiser_batch=6,
+        encoder_share=0.5,
         progress_bar=False,
     )
     lines: list[str] = []
@@ -276,3 +277,15 @@ def test_the_command_line_defaults_are_the_recipes() -> None:
     fields = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.name not in ("data", "out")}
     assert set(args) - {"data", "out"} == set(fields)
     assert {k: args[k] for k in fields} == fields
+
+
+def test_encoder_share_splits_the_budget_and_a_bad_one_is_refused(
+    trained: dict[str, object], tmp_path: Path
+) -> None:
+    # The smoke run: 30 minutes, no cache time spent (a fake cache), --encoder-share 0.5.
+    budgets = Run(trained["run"]).info["budgets"]  # type: ignore[arg-type]
+    assert budgets == pytest.approx({"encoder": 0.5 * 1800, "speaker": 0.05 * 1800, "denoiser": 0.4 * 1800})
+    for bad in (0.05, 0.9):
+        with pytest.raises(InputError, match="--encoder-share must be between 0.1 and 0.8"):
+            train(TrainOptions(data=tmp_path, out=tmp_path / "run", encoder_share=bad))
+        assert not (tmp_path / "run").exists()
