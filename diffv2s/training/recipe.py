@@ -11,9 +11,9 @@
     {run}/curves.png               all stages' curves in one figure
 
 The cache step takes what it takes; the remaining minutes are split between the stages by
-`stage_shares(encoder_share)` (the rest covers feature extraction and export). A stage's budget is fixed when it is
-first planned, so `--resume` continues the same schedules. Every stage saves its state every few minutes
-and on SIGINT/SIGTERM.
+`stage_shares(encoder_share)` (the rest covers feature extraction and export). A stage's budget is fixed
+when it is first planned, so `--resume` continues the same schedules. Every stage saves its state every
+few minutes and on SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
