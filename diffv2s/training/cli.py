@@ -83,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint", type=Path, default=None, help="final checkpoint path (default RUN/diffv2s-PRESET.pt)"
     )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="fine-tune: start the encoder and the denoiser from this checkpoint's weights (same preset), "
+        "e.g. the shipped one; each stage still runs its own schedule over its budget",
+    )
     bar = p.add_mutually_exclusive_group()
     bar.add_argument(
         "--progress", dest="progress_bar", action="store_true", default=None, help="always show bars"

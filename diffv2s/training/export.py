@@ -57,6 +57,9 @@ def export_run(run: Run, opts: TrainOptions, cfg: ModelConfig, log: Callable[[st
         "cache": run.info.get("cache", {}),
         "seed": opts.seed,
         "steps": {k: r.step for k, r in records.items() if r is not None},
+        # A fine-tuned run (`--init-from`): the starting checkpoint's file name, sha256 and steps (and its own
+        # starting point, recursively), so the total training behind a checkpoint stays traceable.
+        "init_from": _init_meta(run.info.get("init_from")),
         # The step whose weights were exported (a stage with a selection metric may end on an earlier one).
         "kept_steps": {k: r.kept_step for k, r in records.items() if r is not None},
         "stage_minutes": {k: round(r.elapsed / 60.0, 2) for k, r in records.items() if r is not None},
@@ -84,6 +87,12 @@ def export_run(run: Run, opts: TrainOptions, cfg: ModelConfig, log: Callable[[st
     run.save()
     log(f"[export] wrote {path} ({size_mb:.1f} MB, sha256 {sha[:12]})")
     return path
+
+
+def _init_meta(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {**record, "path": Path(str(record.get("path", ""))).name}
 
 
 def _summary_figure(records: dict[str, StageRecord | None], path: Path) -> None:

@@ -34,6 +34,7 @@ from diffv2s.config import ModelConfig, preset
 from diffv2s.errors import InputError
 from diffv2s.model import DiffV2S, build_initial_model
 from diffv2s.training import data as corpus_data
+from diffv2s.training import warm_start
 from diffv2s.training.cache import CacheSet, build_cache
 from diffv2s.training.export import export_run
 from diffv2s.training.loop import (
@@ -84,6 +85,7 @@ class TrainOptions:
     speaker_lr: float = 1e-4
     denoiser_lr: float = 3e-4
     checkpoint: Path | None = None
+    init_from: Path | None = None
     force: bool = False
     progress_bar: bool | None = None
 
@@ -204,7 +206,8 @@ def train(
     """Run the recipe (or one stage of it) described by `opts`. Returns when done or stopped."""
     if opts.stage not in ("all", *STAGES):
         raise InputError(f"unknown stage {opts.stage!r}; choose all, {', '.join(STAGES)}")
-    stage_shares(opts.encoder_share)  # a bad share fails before anything is written
+    stage_shares(opts.encoder_share)  # a bad share or starting point fails before anything is written
+    init = None if opts.init_from is None else warm_start.load_init(opts.init_from, preset(opts.preset))
     run = Run(opts.out)
     if run.info and not opts.resume and opts.stage == "all":
         raise InputError(
@@ -223,7 +226,14 @@ def train(
             "corpus": corpus_data.corpus_info(data_root),
             "splits": {"train": opts.train_split or train_split, "val": opts.val_split or val_split},
         }
+        if init is not None:
+            run.info["init_from"] = warm_start.init_record(init)
         run.save()
+    elif init is not None and init.sha256 != run.info.get("init_from", {}).get("sha256"):
+        raise InputError(
+            f"{run.dir} did not start from --init-from {opts.init_from}; resume it without --init-from "
+            "(a run keeps the starting point it began with)."
+        )
     if opts.data is None and not run.stage_done("cache"):
         stored = run.info.get("options", {}).get("data")
         if not stored:
@@ -378,6 +388,9 @@ def _stage_encoder(
     if not run.stage_done("encoder"):
         mean, std = train.mel_stats()
         model = build_initial_model(cfg, opts.seed)
+        init = _init_checkpoint(run, cfg)
+        if init is not None:
+            model.encoder.load_state_dict(warm_start.part(init, "encoder"))
         stage = EncoderStage(
             model,
             train,
@@ -390,6 +403,11 @@ def _stage_encoder(
         )
         if stage.phone_weight == 0 and opts.phone_weight > 0:
             log("[encoder] the training set has no phone timings: mel targets only")
+        if init is not None and not run.state("encoder").exists():
+            head = warm_start.head_from_prior(init, mean, std)
+            if head is not None and head["weight"].shape == stage.head.weight.shape:
+                stage.head.load_state_dict(head)
+            log(f"[encoder] starts from {init.path.name if init.path else '?'} (sha256 {init.sha256[:12]})")
         budget = Budget(budgets["encoder"], opts.encoder_steps, lr=opts.encoder_lr)
         run_stage(stage, run.state("encoder"), budget, stop, settings, log)
         if stop.requested:
@@ -467,19 +485,31 @@ def _stage_denoiser(
     val_f = FeatureSet(val, feats / "val") if val is not None else None
     mean, std = train.mel_stats()
     prior_init = None
-    if model.denoiser.prior is not None and not run.state("denoiser").exists():
+    fresh = not run.state("denoiser").exists()
+    if model.denoiser.prior is not None and fresh:
         prior_init = _prior_from_encoder(run, cfg, mean, std, log)
+    init = _init_checkpoint(run, cfg) if fresh else None
+    if init is not None:
+        model.denoiser.load_state_dict(warm_start.part(init, "denoiser"))
+        log(f"[denoiser] starts from {init.path.name if init.path else '?'} (sha256 {init.sha256[:12]})")
     stage = DenoiserStage(
         model,
         train_f,
         val_f,
-        mel_mean=mean,
+        # A warm start keeps the checkpoint's output offsets (a fresh one starts them at the mean mel).
+        mel_mean=mean if init is None else None,
         prior_init=prior_init,
         batch_size=opts.denoiser_batch,
         seed=opts.seed,
     )
     budget = Budget(budgets["denoiser"], opts.denoiser_steps, lr=opts.denoiser_lr)
     run_stage(stage, run.state("denoiser"), budget, stop, settings, log)
+
+
+def _init_checkpoint(run: Run, cfg: ModelConfig) -> Any:
+    """The checkpoint the run warm-starts from (`--init-from`), or None for a fresh run."""
+    record = run.info.get("init_from")
+    return None if record is None else warm_start.recorded_init(record, cfg)
 
 
 def _prior_from_encoder(

@@ -289,3 +289,91 @@ def test_encoder_share_splits_the_budget_and_a_bad_one_is_refused(
         with pytest.raises(InputError, match="--encoder-share must be between 0.1 and 0.8"):
             train(TrainOptions(data=tmp_path, out=tmp_path / "run", encoder_share=bad))
         assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------ --init-from
+
+
+def _fresh_fake_run(run_dir: Path, init: Path | None) -> TrainOptions:
+    """A run folder over the fake cache (as the `trained` fixture's), started the way `train` starts one
+    with --init-from: the starting point recorded in run.json."""
+    from diffv2s.training import warm_start
+
+    cfg = preset("small")
+    write_fake_cache(run_dir, cfg)
+    run = Run(run_dir)
+    run.info = {
+        "splits": {"train": "train", "val": HOLDOUT},
+        "cache": {"complete": True},
+        "corpus": {"kind": "fake", "name": "fake"},
+    }
+    if init is not None:
+        run.info["init_from"] = warm_start.init_record(warm_start.load_init(init, cfg))
+    run.save()
+    return TrainOptions(
+        data=None,
+        out=run_dir,
+        minutes=30,
+        resume=True,
+        threads=1,
+        log_every_s=0.0,
+        encoder_steps=3,
+        speaker_steps=3,
+        denoiser_steps=3,
+        encoder_batch=3,
+        speaker_batch=3,
+        denoiser_batch=6,
+        encoder_share=0.5,
+        progress_bar=False,
+    )
+
+
+def test_init_from_starts_encoder_and_denoiser_from_the_checkpoint(
+    trained: dict[str, object], tmp_path: Path
+) -> None:
+    """A run fine-tuned from the smoke run's checkpoint starts where that run ended: on the same first
+    batch (steps draw their batches from the seed and the step number) its encoder and denoiser losses are
+    well below those of the smoke run's own first step, and the new checkpoint records where it began."""
+    source = Path(trained["run"]) / "diffv2s-small.pt"  # type: ignore[arg-type]
+    opts = dataclasses.replace(_fresh_fake_run(tmp_path / "warm", source), init_from=source)
+    lines: list[str] = []
+    result = train(opts, log=lines.append)
+    assert result.status == "done" and result.checkpoint is not None
+    assert any(line.startswith("[encoder] starts from diffv2s-small.pt") for line in lines)
+    assert any(line.startswith("[denoiser] starts from diffv2s-small.pt") for line in lines)
+    fresh_run = Path(trained["run"])  # type: ignore[arg-type]
+    for stage, key in (("encoder", "video_l1"), ("denoiser", "l1")):
+        fresh = stage_record(fresh_run / stage / "state.pt")
+        warm = stage_record(tmp_path / "warm" / stage / "state.pt")
+        assert fresh is not None and warm is not None
+        assert warm.train[key][0] < 0.85 * fresh.train[key][0], (
+            stage,
+            warm.train[key][0],
+            fresh.train[key][0],
+        )
+    meta = load_checkpoint(result.checkpoint).meta
+    source_ckpt = load_checkpoint(source)
+    assert meta["init_from"]["sha256"] == source_ckpt.sha256
+    assert meta["init_from"]["path"] == "diffv2s-small.pt"
+    assert meta["init_from"]["steps"] == source_ckpt.meta["steps"]
+
+
+def test_init_from_refuses_a_missing_or_foreign_checkpoint_before_writing(
+    trained: dict[str, object], tmp_path: Path
+) -> None:
+    from diffv2s.checkpoints.store import save_checkpoint
+
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match="--init-from: Checkpoint .* does not exist"):
+        train(TrainOptions(data=tmp_path, out=out, init_from=tmp_path / "nope.pt"))
+    cfg = preset("small")
+    other = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, layers=cfg.encoder.layers + 1))
+    save_checkpoint(tmp_path / "other.pt", other, {"w": torch.zeros(1)}, {})
+    with pytest.raises(InputError, match=r"another architecture .*encoder\.layers: checkpoint 5, preset 4"):
+        train(TrainOptions(data=tmp_path, out=out, init_from=tmp_path / "other.pt"))
+    assert not out.exists()
+    # A run that began fresh is not resumed as a fine-tune (its stages would mix two starting points).
+    fresh = _fresh_fake_run(tmp_path / "fresh", None)
+    source = Path(trained["run"]) / "diffv2s-small.pt"  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="did not start from --init-from"):
+        train(dataclasses.replace(fresh, init_from=source))
