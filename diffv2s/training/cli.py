@@ -54,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
         "training split",
     )
     p.add_argument("--max-utterances", type=int, default=None, help="cap on training utterances")
+    p.add_argument(
+        "--extra-data",
+        type=Path,
+        nargs="*",
+        default=(),
+        help="more synthetic corpora of the same speakers made with other seeds: their clips train too, "
+        "except those whose sentence is in --data's test splits or validation",
+    )
     p.add_argument("--max-val", type=int, default=64, help="cap on validation utterances")
     for stage in ("encoder", "speaker", "denoiser"):
         p.add_argument(
@@ -109,7 +117,8 @@ def train_main(argv: list[str]) -> int:
     # Long background runs: a crash in native code should leave a traceback in the log.
     faulthandler.enable()
     args = _parser().parse_args(argv)
-    opts = TrainOptions(**{k: v for k, v in vars(args).items()})
+    opts = TrainOptions(**vars(args))
+    opts.extra_data = tuple(opts.extra_data)
     # Set before anything runs a kernel: a forked pool or a later call cannot change inter-op threads.
     torch.set_num_threads(max(1, opts.threads))
     try:

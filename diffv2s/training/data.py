@@ -125,3 +125,51 @@ def corpus_info(root: Path) -> dict[str, object]:
             }
         )
     return info
+
+
+# The synthetic corpus's test splits (what `diffv2s evaluate` scores).
+TEST_SPLITS = ("test_unseen_sentences", "test_unseen_speaker")
+# Splits of an extra corpus that may train: both hold only the corpus's training speakers.
+EXTRA_SPLITS = ("train", "test_unseen_sentences")
+
+
+def check_extra(main: Path, extra: Path) -> None:
+    """An extra training corpus (`--extra-data`) must be a synthetic corpus of the main corpus's speakers."""
+    from diffv2s.corpus.writer import read_json
+
+    if corpus_kind(Path(main)) != "synthetic" or corpus_kind(Path(extra)) != "synthetic":
+        raise InputError(
+            f"--extra-data {extra}: extra training corpora are for the synthetic corpus (both the main "
+            "corpus and the extra one need a corpus.json); put more LRS3 clips in its training split instead."
+        )
+    main_m, extra_m = read_json(Path(main) / MANIFEST), read_json(Path(extra) / MANIFEST)
+    ids = [[s["id"] for s in m.get("speakers", [])] for m in (main_m, extra_m)]
+    if ids[0] != ids[1] or main_m.get("unseen_speakers") != extra_m.get("unseen_speakers"):
+        raise InputError(
+            f"--extra-data {extra} has other speakers than {main} ({ids[1]} vs {ids[0]}); make it with the "
+            "same --speakers and another --seed."
+        )
+    if extra_m.get("seed") == main_m.get("seed"):
+        raise InputError(
+            f"--extra-data {extra} was made with the main corpus's seed {main_m.get('seed')}: it holds the same "
+            "sentences; make it with another --seed."
+        )
+
+
+def extra_utterances(
+    extras: list[Path], exclude_texts: set[str], first_index: int = 1
+) -> tuple[list[Utterance], int]:
+    """Training utterances from extra corpora (new sentences of the same speakers): every clip of their
+    `EXTRA_SPLITS` whose sentence is not in `exclude_texts` (the main corpus's test and validation
+    sentences, so neither is ever trained on). Ids get an `x{k}:` prefix (k counts from `first_index`) so
+    they never collide with the main corpus's. Returns (utterances, clips left out for their sentence)."""
+    out: list[Utterance] = []
+    dropped = 0
+    for k, root in enumerate(extras, start=first_index):
+        for split in EXTRA_SPLITS:
+            for u in list_utterances(Path(root), split):
+                if u.text in exclude_texts:
+                    dropped += 1
+                    continue
+                out.append(Utterance(f"x{k}:{u.utt_id}", u.speaker, u.split, u.text, u.video, u.transcript))
+    return out, dropped

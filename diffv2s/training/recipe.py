@@ -72,6 +72,7 @@ class TrainOptions:
     train_split: str | None = None
     val_split: str | None = None
     max_utterances: int | None = None
+    extra_data: tuple[Path, ...] = ()
     max_val: int = 64
     encoder_steps: int | None = None
     speaker_steps: int | None = None
@@ -90,7 +91,12 @@ class TrainOptions:
     progress_bar: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+        def plain(v: Any) -> Any:
+            if isinstance(v, Path):
+                return str(v)
+            return [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+        return {k: plain(v) for k, v in dataclasses.asdict(self).items()}
 
 
 @dataclass
@@ -208,6 +214,11 @@ def train(
         raise InputError(f"unknown stage {opts.stage!r}; choose all, {', '.join(STAGES)}")
     stage_shares(opts.encoder_share)  # a bad share or starting point fails before anything is written
     init = None if opts.init_from is None else warm_start.load_init(opts.init_from, preset(opts.preset))
+    if opts.extra_data and not run_exists(opts.out):
+        if opts.data is None:
+            raise InputError("--data is required to start a run")
+        for extra in opts.extra_data:
+            corpus_data.check_extra(Path(opts.data), Path(extra))
     run = Run(opts.out)
     if run.info and not opts.resume and opts.stage == "all":
         raise InputError(
@@ -228,11 +239,19 @@ def train(
         }
         if init is not None:
             run.info["init_from"] = warm_start.init_record(init)
+        if opts.extra_data:
+            run.info["extra_data"] = [str(p) for p in opts.extra_data]
+            run.info["corpus"]["extra"] = [corpus_data.corpus_info(Path(p)) for p in opts.extra_data]
         run.save()
     elif init is not None and init.sha256 != run.info.get("init_from", {}).get("sha256"):
         raise InputError(
             f"{run.dir} did not start from --init-from {opts.init_from}; resume it without --init-from "
             "(a run keeps the starting point it began with)."
+        )
+    elif opts.extra_data and [str(p) for p in opts.extra_data] != run.info.get("extra_data"):
+        raise InputError(
+            f"{run.dir} did not start with --extra-data {' '.join(map(str, opts.extra_data))}; resume it "
+            "without --extra-data (a run keeps the data it began with)."
         )
     if opts.data is None and not run.stage_done("cache"):
         stored = run.info.get("options", {}).get("data")
@@ -294,13 +313,22 @@ def _cache(
     splits = run.info["splits"]
     if splits.get("val") == corpus_data.HOLDOUT:
         kept, held = corpus_data.hold_out(corpus_data.list_utterances(root, splits["train"]), opts.max_val)
-        if opts.max_utterances is not None and len(kept) > opts.max_utterances:
-            kept = corpus_data.spread(kept, opts.max_utterances)
-        jobs = [("train", kept), *([("val", held)] if held else [])]
     else:
-        jobs = [("train", corpus_data.list_utterances(root, splits["train"], opts.max_utterances))]
-        if splits.get("val"):
-            jobs.append(("val", corpus_data.list_utterances(root, splits["val"], opts.max_val)))
+        kept = corpus_data.list_utterances(root, splits["train"])
+        held = corpus_data.list_utterances(root, splits["val"], opts.max_val) if splits.get("val") else []
+    extras = [Path(p) for p in run.info.get("extra_data", [])]
+    if extras:
+        # Never train on a sentence that the test splits score or the validation reads.
+        tests = [u for s in corpus_data.TEST_SPLITS for u in _split_or_empty(root, s)]
+        added, dropped = corpus_data.extra_utterances(extras, {u.text for u in (*tests, *held)})
+        log(
+            f"[cache] extra corpora: {len(added)} training utterances "
+            f"({dropped} left out: their sentence is in a test split or the validation)"
+        )
+        kept = kept + added
+    if opts.max_utterances is not None and len(kept) > opts.max_utterances:
+        kept = corpus_data.spread(kept, opts.max_utterances)
+    jobs = [("train", kept), *([("val", held)] if held else [])]
     summary: dict[str, Any] = {}
     show = sys.stderr.isatty() if opts.progress_bar is None else opts.progress_bar
     for name, utts in jobs:
@@ -345,6 +373,17 @@ def _cache(
     run.info["cache"] = summary
     run.save()
     log(f"[cache] done: {summary}")
+
+
+def _split_or_empty(root: Path, split: str) -> list[corpus_data.Utterance]:
+    try:
+        return corpus_data.list_utterances(root, split)
+    except ValueError:  # a corpus made without that split
+        return []
+
+
+def run_exists(out: Path) -> bool:
+    return (Path(out) / "run.json").exists()
 
 
 def _with_mel_norm(run: Run, cfg: ModelConfig) -> ModelConfig:
