@@ -31,6 +31,7 @@ from diffv2s.training.speaker_stage import SpeakerStage
 STOP_AT = 10
 DENOISER_STEPS = 30
 ENCODER_STEPS = 20
+FEW_STEPS = (3, 3, 3)
 
 
 def _falls(values: list[float], k: int = 5, factor: float = 0.85) -> tuple[float, float, bool]:
@@ -38,37 +39,47 @@ def _falls(values: list[float], k: int = 5, factor: float = 0.85) -> tuple[float
     return first, last, last < factor * first
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    run_dir = tmp_path_factory.mktemp("run")
+def fake_run(run_dir: Path, init: Path | None, steps: tuple[int, int, int]) -> TrainOptions:
+    """A run folder over the fake cache, started the way `train` starts one (with --init-from: the
+    starting point recorded in run.json), and the options that train it for `steps` (encoder, speaker, denoiser) steps."""
+    from diffv2s.training import warm_start
+
     cfg = preset("small")
     write_fake_cache(run_dir, cfg)
     run = Run(run_dir)
     run.info = {
-        # The fake cache's val clips stand for clips held out of training (what the recipe now defaults to).
+        # The fake cache's val clips stand for clips held out of training (what the recipe defaults to).
         "splits": {"train": "train", "val": HOLDOUT},
         "cache": {"complete": True},
         "corpus": {"kind": "fake", "name": "fake"},
     }
+    if init is not None:
+        run.info["init_from"] = warm_start.init_record(warm_start.load_init(init, cfg))
     run.save()
-    opts = TrainOptions(
+    return TrainOptions(
         data=None,
         out=run_dir,
         minutes=30,
         resume=True,
         threads=1,
         log_every_s=0.0,
-        encoder_steps=ENCODER_STEPS,
-        speaker_steps=30,
-        denoiser_steps=DENOISER_STEPS,
         encoder_batch=3,
         speaker_batch=3,
         denoiser_batch=6,
         encoder_share=0.5,
         progress_bar=False,
+        encoder_steps=steps[0],
+        speaker_steps=steps[1],
+        denoiser_steps=steps[2],
     )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    run_dir = tmp_path_factory.mktemp("run")
+    opts = fake_run(run_dir, None, (ENCODER_STEPS, 30, DENOISER_STEPS))
     lines: list[str] = []
 
     def interrupting_log(message: str) -> None:
@@ -294,40 +305,6 @@ def test_encoder_share_splits_the_budget_and_a_bad_one_is_refused(
 # ------------------------------------------------------------------------------------ --init-from
 
 
-def _fresh_fake_run(run_dir: Path, init: Path | None) -> TrainOptions:
-    """A run folder over the fake cache (as the `trained` fixture's), started the way `train` starts one
-    with --init-from: the starting point recorded in run.json."""
-    from diffv2s.training import warm_start
-
-    cfg = preset("small")
-    write_fake_cache(run_dir, cfg)
-    run = Run(run_dir)
-    run.info = {
-        "splits": {"train": "train", "val": HOLDOUT},
-        "cache": {"complete": True},
-        "corpus": {"kind": "fake", "name": "fake"},
-    }
-    if init is not None:
-        run.info["init_from"] = warm_start.init_record(warm_start.load_init(init, cfg))
-    run.save()
-    return TrainOptions(
-        data=None,
-        out=run_dir,
-        minutes=30,
-        resume=True,
-        threads=1,
-        log_every_s=0.0,
-        encoder_steps=3,
-        speaker_steps=3,
-        denoiser_steps=3,
-        encoder_batch=3,
-        speaker_batch=3,
-        denoiser_batch=6,
-        encoder_share=0.5,
-        progress_bar=False,
-    )
-
-
 def test_init_from_starts_encoder_and_denoiser_from_the_checkpoint(
     trained: dict[str, object], tmp_path: Path
 ) -> None:
@@ -335,7 +312,7 @@ def test_init_from_starts_encoder_and_denoiser_from_the_checkpoint(
     batch (steps draw their batches from the seed and the step number) its encoder and denoiser losses are
     well below those of the smoke run's own first step, and the new checkpoint records where it began."""
     source = Path(trained["run"]) / "diffv2s-small.pt"  # type: ignore[arg-type]
-    opts = dataclasses.replace(_fresh_fake_run(tmp_path / "warm", source), init_from=source)
+    opts = dataclasses.replace(fake_run(tmp_path / "warm", source, FEW_STEPS), init_from=source)
     lines: list[str] = []
     result = train(opts, log=lines.append)
     assert result.status == "done" and result.checkpoint is not None
@@ -373,7 +350,7 @@ def test_init_from_refuses_a_missing_or_foreign_checkpoint_before_writing(
         train(TrainOptions(data=tmp_path, out=out, init_from=tmp_path / "other.pt"))
     assert not out.exists()
     # A run that began fresh is not resumed as a fine-tune (its stages would mix two starting points).
-    fresh = _fresh_fake_run(tmp_path / "fresh", None)
+    fresh = fake_run(tmp_path / "fresh", None, FEW_STEPS)
     source = Path(trained["run"]) / "diffv2s-small.pt"  # type: ignore[arg-type]
     with pytest.raises(InputError, match="did not start from --init-from"):
         train(dataclasses.replace(fresh, init_from=source))
