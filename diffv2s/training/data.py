@@ -11,7 +11,7 @@ stage may keep its best validation state without selecting on the test set.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from diffv2s.errors import InputError
@@ -137,12 +137,12 @@ def check_extra(main: Path, extra: Path) -> None:
     """An extra training corpus (`--extra-data`) must be a synthetic corpus of the main corpus's speakers."""
     from diffv2s.corpus.writer import read_json
 
-    if corpus_kind(Path(main)) != "synthetic" or corpus_kind(Path(extra)) != "synthetic":
+    if corpus_kind(main) != "synthetic" or corpus_kind(extra) != "synthetic":
         raise InputError(
             f"--extra-data {extra}: extra training corpora are for the synthetic corpus (both the main "
             "corpus and the extra one need a corpus.json); put more LRS3 clips in its training split instead."
         )
-    main_m, extra_m = read_json(Path(main) / MANIFEST), read_json(Path(extra) / MANIFEST)
+    main_m, extra_m = read_json(main / MANIFEST), read_json(extra / MANIFEST)
     ids = [[s["id"] for s in m.get("speakers", [])] for m in (main_m, extra_m)]
     if ids[0] != ids[1] or main_m.get("unseen_speakers") != extra_m.get("unseen_speakers"):
         raise InputError(
@@ -156,20 +156,18 @@ def check_extra(main: Path, extra: Path) -> None:
         )
 
 
-def extra_utterances(
-    extras: list[Path], exclude_texts: set[str], first_index: int = 1
-) -> tuple[list[Utterance], int]:
+def extra_utterances(extras: list[Path], exclude_texts: set[str]) -> tuple[list[Utterance], int]:
     """Training utterances from extra corpora (new sentences of the same speakers): every clip of their
     `EXTRA_SPLITS` whose sentence is not in `exclude_texts` (the main corpus's test and validation
-    sentences, so neither is ever trained on). Ids get an `x{k}:` prefix (k counts from `first_index`) so
+    sentences, so neither is ever trained on). Ids get an `x{k}:` prefix (k counts from 1) so
     they never collide with the main corpus's. Returns (utterances, clips left out for their sentence)."""
     out: list[Utterance] = []
     dropped = 0
-    for k, root in enumerate(extras, start=first_index):
+    for k, root in enumerate(extras, start=1):
         for split in EXTRA_SPLITS:
-            for u in list_utterances(Path(root), split):
+            for u in list_utterances(root, split):
                 if u.text in exclude_texts:
                     dropped += 1
                     continue
-                out.append(Utterance(f"x{k}:{u.utt_id}", u.speaker, u.split, u.text, u.video, u.transcript))
+                out.append(replace(u, utt_id=f"x{k}:{u.utt_id}"))
     return out, dropped
