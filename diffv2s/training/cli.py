@@ -98,6 +98,13 @@ def _parser() -> argparse.ArgumentParser:
         help="fine-tune: start the encoder and the denoiser from this checkpoint's weights (same preset), "
         "e.g. the shipped one; each stage still runs its own schedule over its budget",
     )
+    p.add_argument(
+        "--head-warmup-steps",
+        type=int,
+        default=200,
+        help="with --init-from: stage A's first N steps train only its heads (the phone head starts "
+        "fresh) with the warm encoder frozen (default 200; 0 trains everything from the first step)",
+    )
     bar = p.add_mutually_exclusive_group()
     bar.add_argument(
         "--progress", dest="progress_bar", action="store_true", default=None, help="always show bars"

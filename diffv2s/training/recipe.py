@@ -87,6 +87,7 @@ class TrainOptions:
     denoiser_lr: float = 3e-4
     checkpoint: Path | None = None
     init_from: Path | None = None
+    head_warmup_steps: int = 200
     force: bool = False
     progress_bar: bool | None = None
 
@@ -439,6 +440,7 @@ def _stage_encoder(
             batch_clips=opts.encoder_batch,
             phone_weight=opts.phone_weight,
             seed=opts.seed,
+            frozen_steps=opts.head_warmup_steps if init is not None else 0,
         )
         if stage.phone_weight == 0 and opts.phone_weight > 0:
             log("[encoder] the training set has no phone timings: mel targets only")
@@ -446,7 +448,10 @@ def _stage_encoder(
             head = warm_start.head_from_prior(init, mean, std)
             if head is not None and head["weight"].shape == stage.head.weight.shape:
                 stage.head.load_state_dict(head)
-            log(f"[encoder] starts from {init.path.name if init.path else '?'} (sha256 {init.sha256[:12]})")
+            log(
+                f"[encoder] starts from {init.path.name if init.path else '?'} (sha256 {init.sha256[:12]}); "
+                f"its first {stage.frozen_steps} steps train the heads only"
+            )
         budget = Budget(budgets["encoder"], opts.encoder_steps, lr=opts.encoder_lr)
         run_stage(stage, run.state("encoder"), budget, stop, settings, log)
         if stop.requested:

@@ -316,7 +316,11 @@ def test_init_from_starts_encoder_and_denoiser_from_the_checkpoint(
     lines: list[str] = []
     result = train(opts, log=lines.append)
     assert result.status == "done" and result.checkpoint is not None
-    assert any(line.startswith("[encoder] starts from diffv2s-small.pt") for line in lines)
+    assert any(
+        line.startswith("[encoder] starts from diffv2s-small.pt")
+        and "first 200 steps train the heads" in line
+        for line in lines
+    )
     assert any(line.startswith("[denoiser] starts from diffv2s-small.pt") for line in lines)
     fresh_run = Path(trained["run"])  # type: ignore[arg-type]
     for stage, key in (("encoder", "video_l1"), ("denoiser", "l1")):
@@ -354,3 +358,29 @@ def test_init_from_refuses_a_missing_or_foreign_checkpoint_before_writing(
     source = Path(trained["run"]) / "diffv2s-small.pt"  # type: ignore[arg-type]
     with pytest.raises(InputError, match="did not start from --init-from"):
         train(dataclasses.replace(fresh, init_from=source))
+
+
+def test_a_warm_encoder_stays_frozen_while_the_fresh_heads_warm_up(trained: dict[str, object]) -> None:
+    """--init-from starts a fresh phone head on a trained encoder: for `frozen_steps` steps only the heads
+    learn (the encoder's weights and batch-norm statistics are left as they were), then everything does."""
+    from diffv2s.training.encoder_stage import EncoderStage
+
+    run_dir: Path = trained["run"]  # type: ignore[assignment]
+    cfg = preset("small")
+    model = model_with_stages(Run(run_dir), cfg, 0, ("encoder",))
+    data = CacheSet(run_dir / "cache" / "train", cfg.video)
+    mean, std = data.mel_stats()
+    stage = EncoderStage(model, data, None, mean, std, batch_clips=3, frozen_steps=2)
+
+    def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    encoder0, phone0 = snapshot(stage.encoder), snapshot(stage.phone_head)
+    ce = [stage.train_step(step, lr=1e-3)["video_phone_ce"] for step in range(2)]
+    after_frozen = snapshot(stage.encoder)
+    assert all(torch.equal(encoder0[k], after_frozen[k]) for k in encoder0)
+    assert not torch.equal(phone0["weight"], stage.phone_head.weight)
+    assert all(np.isfinite(ce))
+    stage.train_step(2, lr=1e-3)
+    moved = [k for k, v in stage.encoder.state_dict().items() if not torch.equal(v, after_frozen[k])]
+    assert any(k.endswith("weight") for k in moved), "the encoder did not train after the frozen steps"

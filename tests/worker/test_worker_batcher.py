@@ -32,7 +32,8 @@ class Recorder:
 
 def test_items_submitted_together_form_full_batches_in_order() -> None:
     run = Recorder()
-    b = DynamicBatcher(run, max_batch_size=4, max_queue_delay_ms=300).start()
+    # A long delay: the first two batches form because they are full, the last one when its delay ends.
+    b = DynamicBatcher(run, max_batch_size=4, max_queue_delay_ms=1000).start()
     futures = [b.submit(str(i), i) for i in range(10)]
     assert [f.result(5) for f in futures] == [2 * i for i in range(10)]
     assert run.batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
@@ -44,7 +45,7 @@ def test_items_submitted_together_form_full_batches_in_order() -> None:
 
 def test_items_from_many_threads_are_batched() -> None:
     run = Recorder()
-    b = DynamicBatcher(run, max_batch_size=8, max_queue_delay_ms=200).start()
+    b = DynamicBatcher(run, max_batch_size=8, max_queue_delay_ms=5000).start()
     results: dict[int, int] = {}
     start = threading.Barrier(8)
 
@@ -85,7 +86,7 @@ def test_a_full_batch_does_not_wait_for_the_delay() -> None:
 
 def test_an_item_failure_fails_that_item_only() -> None:
     run = Recorder()
-    b = DynamicBatcher(run, max_batch_size=3, max_queue_delay_ms=200).start()
+    b = DynamicBatcher(run, max_batch_size=3, max_queue_delay_ms=5000).start()
     good1, bad, good2 = b.submit("a", 1), b.submit("b", -5), b.submit("c", 3)
     assert good1.result(5) == 2 and good2.result(5) == 6
     with pytest.raises(ValueError, match="bad -5"):
@@ -96,7 +97,7 @@ def test_an_item_failure_fails_that_item_only() -> None:
 
 def test_a_crashing_batch_is_retried_item_by_item() -> None:
     run = Recorder(poison={7})
-    b = DynamicBatcher(run, max_batch_size=3, max_queue_delay_ms=200).start()
+    b = DynamicBatcher(run, max_batch_size=3, max_queue_delay_ms=5000).start()
     fa, fp, fb = b.submit("a", 1), b.submit("p", 7), b.submit("b", 2)
     assert fa.result(5) == 2 and fb.result(5) == 4
     with pytest.raises(ValueError, match="bad 7"):
@@ -129,7 +130,7 @@ def test_admit_drops_items_refused_when_the_batch_forms() -> None:
     run = Recorder()
     refused = {"b"}
     b = DynamicBatcher(
-        run, max_batch_size=3, max_queue_delay_ms=200, admit=lambda i: i not in refused
+        run, max_batch_size=3, max_queue_delay_ms=5000, admit=lambda i: i not in refused
     ).start()
     fa, fb, fc = b.submit("a", 1), b.submit("b", 2), b.submit("c", 3)
     assert fa.result(5) == 2 and fc.result(5) == 6
