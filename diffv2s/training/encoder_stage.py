@@ -91,7 +91,6 @@ class EncoderStage:
         self.max_val, self.seed = max_val, seed
         self.frozen_steps, self.head_lr = frozen_steps, head_lr
         heads = [*self.head.parameters(), *self.phone_head.parameters()]
-        self.params = [*self.encoder.parameters(), *heads]
         groups = [{"params": list(self.encoder.parameters())}, {"params": heads}]
         self.optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.98), weight_decay=weight_decay)
 
@@ -190,7 +189,7 @@ class EncoderStage:
             logs.update({"video_phone_ce": ce_v.item(), "video_phone_acc": acc})
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 5.0)
+        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 5.0)
         self.optimizer.step()
         return logs
 

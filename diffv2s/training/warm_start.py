@@ -5,8 +5,8 @@ checkpoint's weights:
 
 - stage A (visual encoder): the encoder's weights; the mel head starts as the checkpoint's visual prior
   rewritten back into per-band units (the inverse of `prior_from_encoder_head`, so the head predicts what
-  the shipped prior predicted), the phone head starts fresh (checkpoints do not carry it), so the first `--head-warmup-steps` steps
-  train the two heads with the encoder frozen;
+  the shipped prior predicted), the phone head starts fresh (checkpoints do not carry it), so the first
+  `--head-warmup-steps` steps train the two heads with the encoder frozen;
 - stage B (speaker extractor): fresh, from its least-squares start on the new encoder (it takes a few
   minutes and must follow the encoder's new features anyway);
 - stage C (denoiser): every denoiser weight, except the visual prior, which starts from the new encoder
