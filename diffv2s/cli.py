@@ -20,6 +20,28 @@ EXIT_INPUT = 2
 EXIT_RUNTIME = 1
 
 
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """The sampling flags shared by `synthesize` and `evaluate`; each defaults to the checkpoint's."""
+    p.add_argument(
+        "--sampler", default=None, choices=["ddpm", "ddim", "dpmpp"], help="default: the checkpoint's"
+    )
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
+    p.add_argument("--guidance", type=float, default=0.0, help="speaker-guidance scale (0 = off)")
+    p.add_argument(
+        "--cfg-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (1 = off; default: the checkpoint's)",
+    )
+    p.add_argument(
+        "--noise-scale",
+        type=float,
+        default=None,
+        help="scale of the sampler's starting noise (1 = N(0, I), lower = nearer the most likely mel; "
+        "default: the checkpoint's)",
+    )
+
+
 def _add_synthesize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synthesize", help="turn a silent talking-face video into speech (WAV, optional mp4)")
     p.add_argument("video", type=Path, help="input video (mp4, mov, mkv, webm, avi)")
@@ -35,25 +57,8 @@ def _add_synthesize(sub: argparse._SubParsersAction) -> None:
         "tensorrt | tensorrt-fp32",
     )
     p.add_argument("--engine-dir", type=Path, default=None, help="folder of exported engines")
-    p.add_argument(
-        "--sampler", default=None, choices=["ddpm", "ddim", "dpmpp"], help="default: checkpoint default"
-    )
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: checkpoint default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, default=0.0, help="speaker-guidance scale (0 = off)")
-    p.add_argument(
-        "--cfg-scale",
-        type=float,
-        default=None,
-        help="classifier-free guidance scale (1 = off; default: the checkpoint's)",
-    )
-    p.add_argument(
-        "--noise-scale",
-        type=float,
-        default=None,
-        help="scale of the sampler's starting noise (1 = N(0, I), lower = nearer the most likely mel; "
-        "default: the checkpoint's)",
-    )
+    add_sampling_arguments(p)
     p.add_argument("--json", action="store_true", help="print timings as JSON")
     p.set_defaults(func=_synthesize)
 

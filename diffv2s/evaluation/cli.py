@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from diffv2s.cli import add_sampling_arguments
 from diffv2s.errors import DiffV2SError
 
 EXIT_INPUT = 2
@@ -38,21 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--limit", type=int, default=None, help="evaluate the first N utterances (speakers interleaved)"
     )
-    p.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpmpp"], help="model sampler")
-    p.add_argument("--steps", type=int, default=None, help="model sampling steps (default: the checkpoint's)")
-    p.add_argument("--guidance", type=float, default=0.0, help="speaker-guidance scale (0 = off)")
-    p.add_argument(
-        "--cfg-scale",
-        type=float,
-        default=None,
-        help="classifier-free guidance scale (1 = off; default: the checkpoint's)",
-    )
-    p.add_argument(
-        "--noise-scale",
-        type=float,
-        default=None,
-        help="scale of the sampler's starting noise (1 = N(0, I); default: the checkpoint's)",
-    )
+    add_sampling_arguments(p)
     p.add_argument(
         "--sweep",
         default="dpmpp-10,ddim-10,ddim-25",

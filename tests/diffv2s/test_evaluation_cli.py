@@ -148,3 +148,25 @@ def test_bad_inputs_exit_with_an_input_error(corpus: Path, tmp_path: Path) -> No
     assert evaluate_main(["--data", str(tmp_path / "missing"), "--json", str(out), "--no-whisper"]) == 2
     assert evaluate_main(["--data", str(corpus), "--json", str(out), "--sweep", "ddim-10-cfgx"]) == 2
     assert not out.exists()
+
+
+def test_evaluate_takes_the_sampling_flags_of_synthesize_defaulting_to_the_checkpoint() -> None:
+    from diffv2s.evaluation.cli import build_parser
+
+    base = ["--data", "corpus", "--json", "out.json"]
+    flags = [
+        "--sampler",
+        "ddim",
+        "--steps",
+        "3",
+        "--guidance",
+        "0.5",
+        "--cfg-scale",
+        "2",
+        "--noise-scale",
+        "0.4",
+    ]
+    ns = build_parser().parse_args([*base, *flags])
+    assert (ns.sampler, ns.steps, ns.guidance, ns.cfg_scale, ns.noise_scale) == ("ddim", 3, 0.5, 2.0, 0.4)
+    ns = build_parser().parse_args(base)
+    assert (ns.sampler, ns.steps, ns.cfg_scale, ns.noise_scale) == (None, None, None, None)
