@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffv2s.errors import InputError
 from diffv2s.model import DiffV2S
 from diffv2s.nn.speaker import mel_to_audio_features
 from diffv2s.training.batches import crop_start, draw
@@ -242,6 +243,14 @@ class EncoderStage:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved_groups = len(state["optimizer"]["param_groups"])
+        if saved_groups != len(self.optimizer.param_groups):
+            raise InputError(
+                f"this run folder's stage A state has {saved_groups} optimizer parameter group(s), this version "
+                f"trains with {len(self.optimizer.param_groups)} (encoder, heads): it was saved by an older "
+                "version and cannot be resumed. Start a new --out folder (with --init-from to continue from "
+                "a checkpoint this run exported)."
+            )
         self.encoder.load_state_dict(state["encoder"])
         self.head.load_state_dict(state["head"])
         self.phone_head.load_state_dict(state["phone_head"])

@@ -384,3 +384,25 @@ def test_a_warm_encoder_stays_frozen_while_the_fresh_heads_warm_up(trained: dict
     stage.train_step(2, lr=1e-3)
     moved = [k for k, v in stage.encoder.state_dict().items() if not torch.equal(v, after_frozen[k])]
     assert any(k.endswith("weight") for k in moved), "the encoder did not train after the frozen steps"
+
+
+def test_stage_a_state_from_before_the_two_param_groups_is_refused_with_advice(
+    trained: dict[str, object],
+) -> None:
+    """A stage A state saved when the optimizer had one parameter group cannot be resumed: a typed error
+    that says what to do, not PyTorch's mismatch."""
+    from diffv2s.training.encoder_stage import EncoderStage
+
+    run_dir: Path = trained["run"]  # type: ignore[assignment]
+    cfg = preset("small")
+    model = model_with_stages(Run(run_dir), cfg, 0, ("encoder",))
+    data = CacheSet(run_dir / "cache" / "train", cfg.video)
+    mean, std = data.mel_stats()
+    stage = EncoderStage(model, data, None, mean, std, batch_clips=3)
+    state = stage.state_dict()
+    stage.load_state_dict(state)  # its own state loads
+    groups = state["optimizer"]["param_groups"]
+    merged = {**groups[0], "params": [p for g in groups for p in g["params"]]}
+    old = {**state, "optimizer": {**state["optimizer"], "param_groups": [merged]}}
+    with pytest.raises(InputError, match="saved by an older version .* Start a new --out folder"):
+        stage.load_state_dict(old)
