@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from diffv2s.errors import DiffV2SError
+from diffv2s.schemas import SAMPLERS
 
 EXIT_INPUT = 2
 EXIT_RUNTIME = 1
@@ -22,9 +23,7 @@ EXIT_RUNTIME = 1
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """The sampling flags shared by `synthesize` and `evaluate`; each defaults to the checkpoint's."""
-    p.add_argument(
-        "--sampler", default=None, choices=["ddpm", "ddim", "dpmpp"], help="default: the checkpoint's"
-    )
+    p.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: the checkpoint's")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
     p.add_argument("--guidance", type=float, default=0.0, help="speaker-guidance scale (0 = off)")
     p.add_argument(

@@ -23,6 +23,7 @@ from diffv2s.pipeline import Synthesizer
 from diffv2s.schemas import SynthesisParams, SynthesisRequest
 from diffv2s.training.cache import CacheSet
 from diffv2s.training.data import HOLDOUT
+from diffv2s.training.encoder_stage import EncoderStage
 from diffv2s.training.features import FeatureSet
 from diffv2s.training.loop import load_state, stage_record
 from diffv2s.training.recipe import Run, TrainOptions, model_with_stages, train
@@ -360,17 +361,20 @@ def test_init_from_refuses_a_missing_or_foreign_checkpoint_before_writing(
         train(dataclasses.replace(fresh, init_from=source))
 
 
-def test_a_warm_encoder_stays_frozen_while_the_fresh_heads_warm_up(trained: dict[str, object]) -> None:
-    """--init-from starts a fresh phone head on a trained encoder: for `frozen_steps` steps only the heads
-    learn (the encoder's weights and batch-norm statistics are left as they were), then everything does."""
-    from diffv2s.training.encoder_stage import EncoderStage
-
+def _encoder_stage(trained: dict[str, object], frozen_steps: int = 0) -> EncoderStage:
+    """Stage A over the smoke run's cache, its encoder from the smoke run."""
     run_dir: Path = trained["run"]  # type: ignore[assignment]
     cfg = preset("small")
     model = model_with_stages(Run(run_dir), cfg, 0, ("encoder",))
     data = CacheSet(run_dir / "cache" / "train", cfg.video)
     mean, std = data.mel_stats()
-    stage = EncoderStage(model, data, None, mean, std, batch_clips=3, frozen_steps=2)
+    return EncoderStage(model, data, None, mean, std, batch_clips=3, frozen_steps=frozen_steps)
+
+
+def test_a_warm_encoder_stays_frozen_while_the_fresh_heads_warm_up(trained: dict[str, object]) -> None:
+    """--init-from starts a fresh phone head on a trained encoder: for `frozen_steps` steps only the heads
+    learn (the encoder's weights and batch-norm statistics are left as they were), then everything does."""
+    stage = _encoder_stage(trained, frozen_steps=2)
 
     def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -391,14 +395,7 @@ def test_stage_a_state_from_before_the_two_param_groups_is_refused_with_advice(
 ) -> None:
     """A stage A state saved when the optimizer had one parameter group cannot be resumed: a typed error
     that says what to do, not PyTorch's mismatch."""
-    from diffv2s.training.encoder_stage import EncoderStage
-
-    run_dir: Path = trained["run"]  # type: ignore[assignment]
-    cfg = preset("small")
-    model = model_with_stages(Run(run_dir), cfg, 0, ("encoder",))
-    data = CacheSet(run_dir / "cache" / "train", cfg.video)
-    mean, std = data.mel_stats()
-    stage = EncoderStage(model, data, None, mean, std, batch_clips=3)
+    stage = _encoder_stage(trained)
     state = stage.state_dict()
     stage.load_state_dict(state)  # its own state loads
     groups = state["optimizer"]["param_groups"]
