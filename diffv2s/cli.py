@@ -1,7 +1,7 @@
 """`diffv2s` command line: synthesize, info, and subcommands registered by other packages.
 
-Other deployables (e.g. `model_export`) add subcommands through the `diffv2s.commands` entry-point
-group, so this library never imports them.
+Other packages add subcommands through the `diffv2s.commands` entry-point group (`model_export`: export;
+`lab`: corpus, train, evaluate), so this library never imports them.
 """
 
 from __future__ import annotations
@@ -157,33 +157,19 @@ def _plugin_commands() -> dict[str, Callable[[list[str]], int]]:
     return commands  # type: ignore[return-value]
 
 
-# Library commands with their own argument parsers: name -> (module, function, help).
-PASSTHROUGH = {
-    "corpus": ("diffv2s.corpus.cli", "corpus_main", "make the synthetic audio-visual corpus"),
-    "train": ("diffv2s.training.cli", "train_main", "train the DiffV2S stages on a corpus"),
-    "evaluate": (
-        "diffv2s.evaluation.cli",
-        "evaluate_main",
-        "WER / STOI / PESQ / SECS / DNSMOS on a corpus split",
-    ),
-}
-
-
-def _passthrough(name: str, argv: list[str]) -> int:
-    import importlib
-
-    module, func, _ = PASSTHROUGH[name]
-    return int(getattr(importlib.import_module(module), func)(argv))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     plugins = _plugin_commands()
-    if argv and (argv[0] in plugins or argv[0] in PASSTHROUGH):
+    if argv and argv[0] in plugins:
         try:
-            if argv[0] in PASSTHROUGH:
-                return _passthrough(argv[0], argv[1:])
-            return int(plugins[argv[0]].load()(argv[1:]))  # type: ignore[attr-defined]
+            command = plugins[argv[0]].load()  # type: ignore[attr-defined]
+        except ModuleNotFoundError as exc:  # e.g. `lab` is not in the serving image
+            print(
+                f"error: `diffv2s {argv[0]}` needs {exc.name}, which is not installed here", file=sys.stderr
+            )
+            return EXIT_RUNTIME
+        try:
+            return int(command(argv[1:]))
         except DiffV2SError as exc:
             print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
             return EXIT_INPUT
@@ -191,8 +177,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_synthesize(sub)
     _add_info(sub)
-    for name, (_, _, text) in PASSTHROUGH.items():
-        sub.add_parser(name, help=f"{text} (`diffv2s {name} --help`)")
     for name in sorted(plugins):
         sub.add_parser(name, help=f"(plugin) run `diffv2s {name} --help`")
     args = parser.parse_args(argv)

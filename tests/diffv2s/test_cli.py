@@ -10,7 +10,8 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
-from video_fixtures import carphone_path, write_audio_only_mp4, write_video
+
+from tests.fixtures.videos import carphone_path, write_audio_only_mp4, write_video
 
 CLI = [sys.executable, "-m", "diffv2s.cli"]
 

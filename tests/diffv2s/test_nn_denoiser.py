@@ -230,7 +230,7 @@ def test_prior_can_be_switched_off_for_older_checkpoints() -> None:
 def test_prior_starts_as_the_encoder_heads_estimate_in_diffusion_units() -> None:
     import numpy as np
 
-    from diffv2s.training.denoiser_stage import prior_from_encoder_head
+    from lab.training.denoiser_stage import prior_from_encoder_head
 
     torch.manual_seed(6)
     r = 4

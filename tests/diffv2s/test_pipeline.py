@@ -7,11 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from video_fixtures import carphone_path, fake_roi
 
 from diffv2s.errors import NoVideoStream, UnsupportedVideo
 from diffv2s.pipeline import Synthesizer
 from diffv2s.schemas import SynthesisParams, SynthesisRequest
+from tests.fixtures.videos import carphone_path, fake_roi
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_long_video_is_windowed_and_keeps_its_length(synth: Synthesizer) -> None
 def test_bad_item_fails_alone_and_good_item_has_video_duration(synth: Synthesizer, tmp_path) -> None:
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(np.random.default_rng(0).bytes(5000))
-    from video_fixtures import write_audio_only_mp4
+    from tests.fixtures.videos import write_audio_only_mp4
 
     audio_only = write_audio_only_mp4(tmp_path / "audio.mp4")
     out_mp4 = tmp_path / "out.mp4"

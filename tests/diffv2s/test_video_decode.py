@@ -9,17 +9,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from video_fixtures import (
-    carphone_path,
-    flat_frames,
-    grace_hopper_rgb,
-    read_rgb_frames,
-    remux,
-    rotate_mp4_display,
-    transcode,
-    write_audio_only_mp4,
-    write_video,
-)
 
 from diffv2s.config import VideoConfig
 from diffv2s.errors import (
@@ -31,6 +20,17 @@ from diffv2s.errors import (
     VideoTooShort,
 )
 from diffv2s.video.decode import VideoReader, decode_video, probe_video
+from tests.fixtures.videos import (
+    carphone_path,
+    flat_frames,
+    grace_hopper_rgb,
+    read_rgb_frames,
+    remux,
+    rotate_mp4_display,
+    transcode,
+    write_audio_only_mp4,
+    write_video,
+)
 
 CFG = VideoConfig()
 

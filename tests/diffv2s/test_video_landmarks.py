@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from video_fixtures import carphone_path, grace_hopper_rgb, read_rgb_frames
 
 from diffv2s.video.landmarks import MESH_TO_DLIB68, MediapipeDetector, select_track
 from diffv2s.video.mean_face import (
@@ -16,6 +15,7 @@ from diffv2s.video.mean_face import (
     average_shape,
     similarity,
 )
+from tests.fixtures.videos import carphone_path, grace_hopper_rgb, read_rgb_frames
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from video_fixtures import carphone_path, read_rgb_frames, write_video
 
 from diffv2s.config import VideoConfig
 from diffv2s.errors import NoFaceFound
@@ -22,6 +21,7 @@ from diffv2s.video.mouth_roi import (
     interpolate_missing,
     smooth_forward,
 )
+from tests.fixtures.videos import carphone_path, read_rgb_frames, write_video
 
 CFG = VideoConfig()
 

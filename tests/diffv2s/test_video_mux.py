@@ -7,18 +7,18 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from video_fixtures import (
+
+from diffv2s.config import VideoConfig
+from diffv2s.errors import NoVideoStream
+from diffv2s.video.decode import decode_video
+from diffv2s.video.mux import mux_audio
+from tests.fixtures.videos import (
     carphone_path,
     read_rgb_frames,
     rotate_mp4_display,
     transcode,
     write_audio_only_mp4,
 )
-
-from diffv2s.config import VideoConfig
-from diffv2s.errors import NoVideoStream
-from diffv2s.video.decode import decode_video
-from diffv2s.video.mux import mux_audio
 
 SR = 22050
 

@@ -1,0 +1,1 @@
+"""The test suite; `tests.fixtures` holds the inputs several test folders share."""
