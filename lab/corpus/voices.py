@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from lab.corpus.face import FaceSpec
-from lab.corpus.tts import VoiceSpec
+from lab.corpus.speech import VoiceSpec
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,8 @@ def train_main(argv: list[str]) -> int:
 
     import torch
 
-    from lab.training.recipe import TrainOptions, train
+    from lab.training.options import TrainOptions
+    from lab.training.recipe import train
 
     # Long background runs: a crash in native code should leave a traceback in the log.
     faulthandler.enable()

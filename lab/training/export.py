@@ -6,7 +6,7 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -14,9 +14,8 @@ from diffv2s.checkpoints.store import save_checkpoint
 from diffv2s.config import ModelConfig
 from diffv2s.errors import InputError
 from lab.training.loop import StageRecord
-
-if TYPE_CHECKING:
-    from lab.training.recipe import Run, TrainOptions
+from lab.training.options import TrainOptions
+from lab.training.run_folder import Run, model_with_stages
 
 MAX_CHECKPOINT_MB = 25.0
 
@@ -42,8 +41,6 @@ def export_run(run: Run, opts: TrainOptions, cfg: ModelConfig, log: Callable[[st
             f"stage 'denoiser' has not finished in {run.dir}; nothing to export yet "
             "(--force exports its last saved state, if it has one)."
         )
-    from lab.training.recipe import model_with_stages
-
     model = model_with_stages(run, cfg, opts.seed, ("encoder", "speaker", "denoiser"))
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("speaker.encoder.")}
     records = {name: run.record(name) for name in ("encoder", "speaker", "denoiser")}

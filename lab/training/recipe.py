@@ -1,14 +1,5 @@
-"""The training recipe, stage by stage, under one wall-clock budget; everything lives in the run folder.
-
-    {run}/run.json                 options, data, time budgets, wall time per stage
-    {run}/train.log                the log lines also printed to stdout
-    {run}/cache/{train,val}/       decoded utterances (`lab.training.cache`)
-    {run}/encoder/state.pt         stage A (encoder + head + optimiser + curves), encoder.png
-    {run}/features/{train,val}/    frozen-encoder tokens/features, then speaker embeddings
-    {run}/speaker/state.pt         stage B, speaker.png
-    {run}/denoiser/state.pt        stage C (weights, EMA, optimiser), denoiser.png
-    {run}/diffv2s-{preset}.pt      the final checkpoint (float16, loadable by `Synthesizer.load`)
-    {run}/curves.png               all stages' curves in one figure
+"""The training recipe, stage by stage, under one wall-clock budget; everything lives in the run folder
+(`lab.training.run_folder`).
 
 The cache step takes what it takes; the remaining minutes are split between the stages by
 `stage_shares(encoder_share)` (the rest covers feature extraction and export). A stage's budget is fixed
@@ -19,7 +10,6 @@ few minutes and on SIGINT/SIGTERM.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -32,7 +22,7 @@ import torch
 
 from diffv2s.config import ModelConfig, preset
 from diffv2s.errors import InputError
-from diffv2s.model import DiffV2S, build_initial_model
+from diffv2s.model import build_initial_model
 from lab.training import data as corpus_data
 from lab.training import warm_start
 from lab.training.cache import CacheSet, build_cache
@@ -44,8 +34,9 @@ from lab.training.loop import (
     StopFlag,
     load_state,
     run_stage,
-    stage_record,
 )
+from lab.training.options import TrainOptions
+from lab.training.run_folder import Run, RunLog, model_with_stages, run_exists
 
 STAGES = ("cache", "encoder", "speaker", "denoiser", "export")
 # Shares of the minutes left after the cache step: the speaker stage's is fixed, the encoder's is
@@ -57,124 +48,11 @@ MIN_STAGE_SECONDS = 30.0
 
 
 @dataclass
-class TrainOptions:
-    data: Path | None
-    out: Path
-    minutes: float = 110.0
-    stage: str = "all"
-    resume: bool = False
-    preset: str = "small"
-    seed: int = 0
-    workers: int = 2
-    threads: int = 2
-    save_every_min: float = 5.0
-    log_every_s: float = 30.0
-    train_split: str | None = None
-    val_split: str | None = None
-    max_utterances: int | None = None
-    extra_data: tuple[Path, ...] = ()
-    max_val: int = 64
-    encoder_steps: int | None = None
-    speaker_steps: int | None = None
-    denoiser_steps: int | None = None
-    encoder_batch: int = 8
-    speaker_batch: int = 32
-    denoiser_batch: int = 16
-    encoder_lr: float = 1e-3
-    phone_weight: float = 0.2
-    encoder_share: float = 0.38
-    speaker_lr: float = 1e-4
-    denoiser_lr: float = 3e-4
-    checkpoint: Path | None = None
-    init_from: Path | None = None
-    head_warmup_steps: int = 200
-    force: bool = False
-    progress_bar: bool | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        def plain(v: Any) -> Any:
-            if isinstance(v, Path):
-                return str(v)
-            return [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
-
-        return {k: plain(v) for k, v in dataclasses.asdict(self).items()}
-
-
-@dataclass
 class TrainResult:
     status: str  # "done" | "stopped"
     run_dir: Path
     checkpoint: Path | None = None
     records: dict[str, StageRecord] = dataclasses.field(default_factory=dict)
-
-
-class RunLog:
-    """print() that also appends to {run}/train.log, with a clock."""
-
-    def __init__(self, path: Path, echo: bool = True) -> None:
-        self.path = path
-        self.echo = echo
-
-    def __call__(self, message: str) -> None:
-        line = f"{time.strftime('%H:%M:%S')} {message}"
-        if self.echo:
-            print(line, flush=True)
-        with open(self.path, "a") as fh:
-            fh.write(line + "\n")
-
-
-class Run:
-    """The run folder and its run.json."""
-
-    def __init__(self, out: Path) -> None:
-        self.dir = Path(out)
-        self.json_path = self.dir / "run.json"
-        self.info: dict[str, Any] = json.loads(self.json_path.read_text()) if self.json_path.exists() else {}
-
-    def save(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.json_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.info, indent=1))
-        tmp.replace(self.json_path)
-
-    def state(self, stage: str) -> Path:
-        return self.dir / stage / "state.pt"
-
-    def record(self, stage: str) -> StageRecord | None:
-        return stage_record(self.state(stage))
-
-    def stage_done(self, stage: str) -> bool:
-        if stage == "cache":
-            return bool(self.info.get("cache", {}).get("complete"))
-        if stage == "export":
-            return bool(self.info.get("export"))
-        rec = self.record(stage)
-        return rec is not None and rec.done
-
-    def add_wall(self, stage: str, seconds: float) -> None:
-        wall = self.info.setdefault("wall_seconds", {})
-        wall[stage] = wall.get(stage, 0.0) + seconds
-        self.save()
-
-
-def model_with_stages(run: Run, cfg: ModelConfig, seed: int, parts: tuple[str, ...]) -> DiffV2S:
-    """A model whose `parts` (encoder | speaker | denoiser) carry the trained weights of their stage."""
-    model = build_initial_model(cfg, seed)
-    if "encoder" in parts:
-        state = load_state(run.state("encoder"))
-        assert state is not None
-        model.encoder.load_state_dict(state["stage"]["encoder"])
-    if "speaker" in parts:
-        state = load_state(run.state("speaker"))
-        assert state is not None
-        model.speaker.load_state_dict(state["stage"]["speaker"], strict=False)
-    if "denoiser" in parts:
-        state = load_state(run.state("denoiser"))
-        assert state is not None
-        model.denoiser.load_state_dict(state["stage"]["ema"])
-    for p in model.encoder.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 def stage_shares(encoder_share: float) -> dict[str, float]:
@@ -381,10 +259,6 @@ def _split_or_empty(root: Path, split: str) -> list[corpus_data.Utterance]:
         return corpus_data.list_utterances(root, split)
     except ValueError:  # a corpus made without that split
         return []
-
-
-def run_exists(out: Path) -> bool:
-    return (Path(out) / "run.json").exists()
 
 
 def _with_mel_norm(run: Run, cfg: ModelConfig) -> ModelConfig:

@@ -12,7 +12,8 @@ import pytest
 from lab.corpus.engines.espeak import _EVENT_WORD, _Espeak, _events_to_phones
 from lab.corpus.phones import SILENCE
 from lab.corpus.sentences import ADVERBS, COLOURS, COMMANDS, DIGITS, LETTERS, PREPOSITIONS, Sentence
-from lab.corpus.tts import EngineFailed, Synthesis, fit_to_duration, synthesize
+from lab.corpus.speech import Synthesis, VoiceEngineFailed
+from lab.corpus.tts import fit_to_duration, synthesize
 from lab.corpus.voices import SPEAKERS
 
 ESPEAK_SPEAKERS = [s for s in SPEAKERS if s.voice.engine == "espeak"]
@@ -168,7 +169,7 @@ def test_a_word_without_phonemes_is_an_error():
         (_EVENT_WORD, 200, "", 0),
         (7, 200, "", 0),
     ]
-    with pytest.raises(EngineFailed, match="blue"):
+    with pytest.raises(VoiceEngineFailed, match="blue"):
         _events_to_phones(events, 1000, 300, words)
 
 

@@ -5,7 +5,8 @@ import pytest
 
 from lab.corpus.phones import SILENCE
 from lab.corpus.sentences import Sentence
-from lab.corpus.tts import Synthesis, VoiceSpec, synthesize
+from lab.corpus.speech import Synthesis, VoiceSpec
+from lab.corpus.tts import synthesize
 
 VOICES = [
     VoiceSpec("festival", "kal_diphone"),

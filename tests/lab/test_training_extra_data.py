@@ -15,7 +15,8 @@ import torch
 from diffv2s.errors import InputError
 from lab.corpus.make import load_corpus, make_corpus
 from lab.training.data import extra_utterances
-from lab.training.recipe import TrainOptions, train
+from lab.training.options import TrainOptions
+from lab.training.recipe import train
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,9 @@ from lab.training.data import HOLDOUT
 from lab.training.encoder_stage import EncoderStage
 from lab.training.features import FeatureSet
 from lab.training.loop import load_state, stage_record
-from lab.training.recipe import Run, TrainOptions, model_with_stages, train
+from lab.training.options import TrainOptions
+from lab.training.recipe import train
+from lab.training.run_folder import Run, model_with_stages
 from lab.training.speaker_stage import SpeakerStage
 from tests.fixtures.fake_cache import write_fake_cache
 from tests.fixtures.videos import carphone_path

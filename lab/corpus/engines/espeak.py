@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from lab.corpus.phones import PhoneSegment
-    from lab.corpus.tts import Synthesis, VoiceSpec
+    from lab.corpus.speech import Synthesis, VoiceSpec
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_PHONEME_EVENTS = 0x0001
@@ -61,7 +61,7 @@ _CALLBACK = ctypes.CFUNCTYPE(
 
 
 class _Unavailable(RuntimeError):
-    """The library or a voice is missing (the parent turns it into EngineUnavailable)."""
+    """The library or a voice is missing (the parent turns it into VoiceEngineUnavailable)."""
 
 
 class _Espeak:
@@ -120,7 +120,7 @@ def _speak_here(request: dict[str, Any]) -> None:
 def synthesize_espeak(voice: VoiceSpec, words: list[str], rate: float) -> Synthesis:
     import numpy as np
 
-    from lab.corpus.tts import EngineFailed, EngineUnavailable, Synthesis
+    from lab.corpus.speech import Synthesis, VoiceEngineFailed, VoiceEngineUnavailable
 
     request = {
         "voice": voice.name,
@@ -133,12 +133,12 @@ def synthesize_espeak(voice: VoiceSpec, words: list[str], rate: float) -> Synthe
     )
     head, sep, body = proc.stdout.partition(b"\n")
     if proc.returncode != 0 or not sep:
-        raise EngineFailed(f"espeak-ng child failed: {proc.stderr.decode(errors='replace')[-400:]}")
+        raise VoiceEngineFailed(f"espeak-ng child failed: {proc.stderr.decode(errors='replace')[-400:]}")
     header = json.loads(head)
     if "unavailable" in header:
-        raise EngineUnavailable(header["unavailable"])
+        raise VoiceEngineUnavailable(header["unavailable"])
     if len(body) != 2 * int(header["n"]):
-        raise EngineFailed(f"espeak-ng child sent {len(body)} bytes for {header['n']} samples")
+        raise VoiceEngineFailed(f"espeak-ng child sent {len(body)} bytes for {header['n']} samples")
     audio = _pcm_to_float(body)
     sr = int(header["sample_rate"])
     events = [(int(k), int(s), str(n), int(p)) for k, s, n, p in header["events"]]
@@ -165,10 +165,10 @@ def _events_to_phones(events: list[Event], sr: int, n_samples: int, words: list[
 
     A word event sets the word of the phonemes after it by its text position in `" ".join(words)`.
     A word event outside every word is ignored, as is a second one inside the same word; a word that
-    no event lands in, or events that go back to an earlier word, raise EngineFailed.
+    no event lands in, or events that go back to an earlier word, raise VoiceEngineFailed.
     """
     from lab.corpus.phones import SILENCE, PhoneSegment, ipa_to_phones
-    from lab.corpus.tts import EngineFailed
+    from lab.corpus.speech import VoiceEngineFailed
 
     spans: list[tuple[int, int]] = []
     offset = 0
@@ -181,14 +181,14 @@ def _events_to_phones(events: list[Event], sr: int, n_samples: int, words: list[
         if kind == _EVENT_WORD:
             w = _word_at(position, spans)
             if 0 <= w < word:
-                raise EngineFailed(f"espeak-ng went back from word {word} to word {w} in {words}")
+                raise VoiceEngineFailed(f"espeak-ng went back from word {word} to word {w} in {words}")
             word = max(word, w)
             continue
         starts.append((sample / sr, name, word))
     heard = {w for _, _, w in starts}
     missing = [text for w, text in enumerate(words) if w not in heard]
     if missing:
-        raise EngineFailed(f"espeak-ng gave no phonemes for {missing} in {words}")
+        raise VoiceEngineFailed(f"espeak-ng gave no phonemes for {missing} in {words}")
     phones: list[PhoneSegment] = []
     for i, (t0, name, w) in enumerate(starts):
         t1 = starts[i + 1][0] if i + 1 < len(starts) else n_samples / sr

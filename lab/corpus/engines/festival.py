@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lab.corpus.engines.wavio import read_wav
 from lab.corpus.phones import SILENCE, PhoneSegment, arpabet_to_phone
-from lab.corpus.tts import EngineFailed, EngineUnavailable, Synthesis, VoiceSpec
+from lab.corpus.speech import Synthesis, VoiceEngineFailed, VoiceEngineUnavailable, VoiceSpec
 
 # Diphone voices take their intonation targets from int_lr_params; HTS voices have their own F0 model.
 _PITCHABLE = ("_diphone",)
@@ -31,7 +31,7 @@ _SCRIPT = """
 def synthesize_festival(voice: VoiceSpec, words: list[str], rate: float) -> Synthesis:
     exe = shutil.which("festival")
     if exe is None:
-        raise EngineUnavailable("festival is not installed (apt-get install festival)")
+        raise VoiceEngineUnavailable("festival is not installed (apt-get install festival)")
     pitch = ""
     if voice.pitch != 1.0 and voice.name.endswith(_PITCHABLE):
         # assoc finds the first entry, so consing a new mean overrides the voice's own.
@@ -49,8 +49,8 @@ def synthesize_festival(voice: VoiceSpec, words: list[str], rate: float) -> Synt
         if not wav.exists():
             # festival reports an unknown voice as an unbound `voice_<name>` and writes no audio.
             if f"voice_{voice.name}" in proc.stderr:
-                raise EngineUnavailable(f"festival voice {voice.name!r} is not installed")
-            raise EngineFailed(f"festival failed for {voice.name}: {proc.stderr.strip()[-400:]}")
+                raise VoiceEngineUnavailable(f"festival voice {voice.name!r} is not installed")
+            raise VoiceEngineFailed(f"festival failed for {voice.name}: {proc.stderr.strip()[-400:]}")
         audio, sr = read_wav(wav)
     return Synthesis(audio, sr, _parse_segments(proc.stdout, len(words)), {"engine": "festival"})
 
@@ -78,5 +78,5 @@ def _parse_segments(stdout: str, n_words: int) -> list[PhoneSegment]:
         phones.append(PhoneSegment(phone, label, start, end, idx))
         start = end
     if word + 1 != n_words:
-        raise EngineFailed(f"festival said {word + 1} words, expected {n_words}")
+        raise VoiceEngineFailed(f"festival said {word + 1} words, expected {n_words}")
     return phones

