@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.corpus.make import load_corpus
+from lab.corpus.manifest import load_corpus
 from lab.corpus.writer import read_json
 
 LRS3_SPLITS = ("pretrain", "trainval", "test")

@@ -30,18 +30,16 @@ from scipy.signal import resample_poly
 
 from lab.corpus import tts
 from lab.corpus.face import Nuisance, face_model
+from lab.corpus.manifest import FORMAT, FORMAT_VERSION, SPLITS, write_manifest
 from lab.corpus.phones import PhoneSegment
 from lab.corpus.sentences import Sentence, draw_sentences
 from lab.corpus.visemes import MOUTH_PARAMS, frame_mouth
 from lab.corpus.voices import SPEAKER_BY_ID, select_speakers
 from lab.corpus.writer import read_json, write_json, write_mp4
 
-SPLITS = ("train", "test_unseen_sentences", "test_unseen_speaker")
 FPS = 25
 SAMPLE_RATE = 22050  # the vocoder's rate (HiFi-GAN universal)
 FRAME_SIZE = 224
-MANIFEST = "corpus.json"
-FORMAT_VERSION = 1
 _PEAK = 0.8
 
 
@@ -55,18 +53,6 @@ class UtteranceJob:
     sentence_index: int
     seed: int
     size: int
-
-
-@dataclass(frozen=True)
-class CorpusItem:
-    """One utterance of a corpus on disk. Paths are absolute."""
-
-    utt_id: str
-    speaker: str
-    split: str
-    text: str
-    video: Path
-    transcript: Path
 
 
 def plan_corpus(
@@ -233,7 +219,7 @@ def make_corpus(
                     progress(done, len(jobs))
     chosen = select_speakers(speakers)
     manifest: dict[str, Any] = {
-        "format": "diffv2s-synthetic-corpus",
+        "format": FORMAT,
         "version": FORMAT_VERSION,
         "seed": seed,
         "fps": FPS,
@@ -255,28 +241,5 @@ def make_corpus(
             for split in SPLITS
         },
     }
-    write_json(out / MANIFEST, manifest)
+    write_manifest(out, manifest)
     return manifest
-
-
-def load_corpus(root: Path | str, split: str | None = None) -> list[CorpusItem]:
-    """Items of a corpus made by `make_corpus` (all splits, or one)."""
-    root = Path(root)
-    manifest = read_json(root / MANIFEST)
-    items: list[CorpusItem] = []
-    for name in SPLITS if split is None else (split,):
-        if name not in manifest["splits"]:
-            raise ValueError(f"unknown split {name!r}; the corpus has {sorted(manifest['splits'])}")
-        for entry in manifest["splits"][name]:
-            base = root / name / entry["speaker"] / entry["utt_id"]
-            items.append(
-                CorpusItem(
-                    entry["utt_id"],
-                    entry["speaker"],
-                    name,
-                    entry["text"],
-                    base.with_suffix(".mp4"),
-                    base.with_suffix(".json"),
-                )
-            )
-    return items

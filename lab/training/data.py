@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from diffv2s.errors import InputError
+from lab.corpus.manifest import MANIFEST, has_manifest, load_corpus, read_manifest
 
-MANIFEST = "corpus.json"
 # The validation "split" that is a slice of the training split (`hold_out`), taken out of training.
 HOLDOUT = "holdout"
 SYNTHETIC_TRAIN_SPLIT = "train"
@@ -39,7 +39,7 @@ class Utterance:
 
 def corpus_kind(root: Path) -> str:
     """'synthetic' (has corpus.json) or 'lrs3' (has split folders of speaker folders)."""
-    if (root / MANIFEST).is_file():
+    if has_manifest(root):
         return "synthetic"
     if any((root / s).is_dir() for s in LRS3_SPLITS):
         return "lrs3"
@@ -73,8 +73,6 @@ def list_utterances(root: Path, split: str, limit: int | None = None) -> list[Ut
     """The utterances of one split, in a stable order; `limit` keeps an even share per speaker."""
     root = Path(root)
     if corpus_kind(root) == "synthetic":
-        from lab.corpus.make import load_corpus
-
         items = [
             Utterance(c.utt_id, c.speaker, c.split, c.text, c.video, c.transcript)
             for c in load_corpus(root, split)
@@ -111,9 +109,7 @@ def corpus_info(root: Path) -> dict[str, object]:
     kind = corpus_kind(root)
     info: dict[str, object] = {"kind": kind, "name": root.name}
     if kind == "synthetic":
-        from lab.corpus.writer import read_json
-
-        manifest = read_json(root / MANIFEST)
+        manifest = read_manifest(root)
         info.update(
             {
                 "format": manifest.get("format"),
@@ -135,14 +131,12 @@ EXTRA_SPLITS = ("train", "test_unseen_sentences")
 
 def check_extra(main: Path, extra: Path) -> None:
     """An extra training corpus (`--extra-data`) must be a synthetic corpus of the main corpus's speakers."""
-    from lab.corpus.writer import read_json
-
     if corpus_kind(main) != "synthetic" or corpus_kind(extra) != "synthetic":
         raise InputError(
             f"--extra-data {extra}: extra training corpora are for the synthetic corpus (both the main "
             "corpus and the extra one need a corpus.json); put more LRS3 clips in its training split instead."
         )
-    main_m, extra_m = read_json(main / MANIFEST), read_json(extra / MANIFEST)
+    main_m, extra_m = read_manifest(main), read_manifest(extra)
     ids = [[s["id"] for s in m.get("speakers", [])] for m in (main_m, extra_m)]
     if ids[0] != ids[1] or main_m.get("unseen_speakers") != extra_m.get("unseen_speakers"):
         raise InputError(

@@ -6,7 +6,7 @@ import pytest
 
 from lab.corpus.cli import corpus_main
 from lab.corpus.lrs3 import WordTiming, format_lrs3_text, parse_lrs3_text, read_lrs3
-from lab.corpus.make import load_corpus
+from lab.corpus.manifest import load_corpus
 
 LRS3_SAMPLE = """Text:  AND WE'RE GOING TO LOOK AT IT
 Conf:  3

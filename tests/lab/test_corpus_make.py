@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lab.corpus.make import SPLITS, load_corpus, make_corpus
+from lab.corpus.make import make_corpus
+from lab.corpus.manifest import SPLITS, load_corpus
 from lab.corpus.photos import FACE_OVAL, LIPS_OUTER
 from lab.corpus.writer import read_mp4
 

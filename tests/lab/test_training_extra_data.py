@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from diffv2s.errors import InputError
-from lab.corpus.make import load_corpus, make_corpus
+from lab.corpus.make import make_corpus
+from lab.corpus.manifest import load_corpus
 from lab.training.data import extra_utterances
 from lab.training.options import TrainOptions
 from lab.training.recipe import train
