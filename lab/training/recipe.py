@@ -1,50 +1,33 @@
-"""The training recipe, stage by stage, under one wall-clock budget; everything lives in the run folder
-(`lab.training.run_folder`).
+"""The training recipe: its steps in order under one wall-clock budget (`lab.training.budgets`), every
+step reading and writing the run folder (`lab.training.run_folder`), so a stopped run resumes where it
+stopped. Every stage saves its state every few minutes and on SIGINT/SIGTERM.
 
-The cache step takes what it takes; the remaining minutes are split between the stages by
-`stage_shares(encoder_share)` (the rest covers feature extraction and export). A stage's budget is fixed
-when it is first planned, so `--resume` continues the same schedules. Every stage saves its state every
-few minutes and on SIGINT/SIGTERM.
+    cache (`cache_step`) -> encoder -> speaker -> denoiser (`stages`) -> export (`export`)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
-from diffv2s.config import ModelConfig, preset
+from diffv2s.config import preset
 from diffv2s.errors import InputError
-from diffv2s.model import build_initial_model
 from lab.training import data as corpus_data
 from lab.training import warm_start
-from lab.training.cache import CacheSet, build_cache
+from lab.training.budgets import stage_shares
+from lab.training.cache_step import cache_step
 from lab.training.export import export_run
-from lab.training.loop import (
-    Budget,
-    LoopSettings,
-    StageRecord,
-    StopFlag,
-    load_state,
-    run_stage,
-)
+from lab.training.loop import LoopSettings, StageRecord, StopFlag
 from lab.training.options import TrainOptions
-from lab.training.run_folder import Run, RunLog, model_with_stages, run_exists
+from lab.training.run_folder import Run, RunLog, run_exists
+from lab.training.stages import train_denoiser, train_encoder, train_speaker, with_mel_norm
 
 STAGES = ("cache", "encoder", "speaker", "denoiser", "export")
-# Shares of the minutes left after the cache step: the speaker stage's is fixed, the encoder's is
-# `--encoder-share` and the denoiser gets what the stages' total leaves.
-SPEAKER_SHARE = 0.05
-STAGES_TOTAL_SHARE = 0.95
-ENCODER_SHARE_RANGE = (0.1, 0.8)
-MIN_STAGE_SECONDS = 30.0
 
 
 @dataclass
@@ -53,36 +36,6 @@ class TrainResult:
     run_dir: Path
     checkpoint: Path | None = None
     records: dict[str, StageRecord] = dataclasses.field(default_factory=dict)
-
-
-def stage_shares(encoder_share: float) -> dict[str, float]:
-    """Each training stage's share of the minutes left after the cache step."""
-    low, high = ENCODER_SHARE_RANGE
-    if not low <= encoder_share <= high:
-        raise InputError(f"--encoder-share must be between {low:g} and {high:g}; got {encoder_share:g}")
-    return {
-        "encoder": encoder_share,
-        "speaker": SPEAKER_SHARE,
-        "denoiser": STAGES_TOTAL_SHARE - SPEAKER_SHARE - encoder_share,
-    }
-
-
-def _plan_budgets(run: Run, opts: TrainOptions) -> dict[str, float]:
-    if "budgets" not in run.info:
-        used = float(run.info.get("wall_seconds", {}).get("cache", 0.0))
-        left = max(opts.minutes * 60.0 - used, 0.0)
-        shares = stage_shares(opts.encoder_share)
-        run.info["budgets"] = {k: max(share * left, MIN_STAGE_SECONDS) for k, share in shares.items()}
-        run.save()
-    budgets: dict[str, float] = run.info["budgets"]
-    return budgets
-
-
-def _require(run: Run, stage: str) -> None:
-    if not run.stage_done(stage):
-        raise InputError(
-            f"stage {stage!r} has not finished in {run.dir}; run it first (--stage {stage}) or --stage all."
-        )
 
 
 def train(
@@ -157,15 +110,15 @@ def train(
                 break
             t0 = time.perf_counter()
             if stage == "cache":
-                _cache(run, opts, cfg, stop, log)
+                cache_step(run, opts, cfg, stop, log)
             elif stage == "encoder":
-                _stage_encoder(run, opts, cfg, stop, settings, log)
+                train_encoder(run, opts, cfg, stop, settings, log)
             elif stage == "speaker":
-                _stage_speaker(run, opts, cfg, stop, settings, log)
+                train_speaker(run, opts, cfg, stop, settings, log)
             elif stage == "denoiser":
-                _stage_denoiser(run, opts, _with_mel_norm(run, cfg), stop, settings, log)
+                train_denoiser(run, opts, with_mel_norm(run, cfg), stop, settings, log)
             else:
-                result.checkpoint = export_run(run, opts, _with_mel_norm(run, cfg), log)
+                result.checkpoint = export_run(run, opts, with_mel_norm(run, cfg), log)
             run.add_wall(stage, time.perf_counter() - t0)
     if stop.requested:
         result.status = "stopped"
@@ -175,272 +128,3 @@ def train(
         if rec is not None:
             result.records[name] = rec
     return result
-
-
-# ----------------------------------------------------------------------------------------------- stages
-
-
-def _cache(
-    run: Run, opts: TrainOptions, cfg: ModelConfig, stop: StopFlag, log: Callable[[str], None]
-) -> None:
-    if run.stage_done("cache"):
-        return
-    from tqdm import tqdm
-
-    assert opts.data is not None
-    root = Path(opts.data)
-    splits = run.info["splits"]
-    if splits.get("val") == corpus_data.HOLDOUT:
-        kept, held = corpus_data.hold_out(corpus_data.list_utterances(root, splits["train"]), opts.max_val)
-    else:
-        kept = corpus_data.list_utterances(root, splits["train"])
-        held = corpus_data.list_utterances(root, splits["val"], opts.max_val) if splits.get("val") else []
-    extras = [Path(p) for p in run.info.get("extra_data", [])]
-    if extras:
-        # Never train on a sentence that the test splits score or the validation reads.
-        tests = [u for s in corpus_data.TEST_SPLITS for u in _split_or_empty(root, s)]
-        added, dropped = corpus_data.extra_utterances(extras, {u.text for u in (*tests, *held)})
-        log(
-            f"[cache] extra corpora: {len(added)} training utterances "
-            f"({dropped} left out: their sentence is in a test split or the validation)"
-        )
-        kept = kept + added
-    if opts.max_utterances is not None and len(kept) > opts.max_utterances:
-        kept = corpus_data.spread(kept, opts.max_utterances)
-    jobs = [("train", kept), *([("val", held)] if held else [])]
-    summary: dict[str, Any] = {}
-    show = sys.stderr.isatty() if opts.progress_bar is None else opts.progress_bar
-    for name, utts in jobs:
-        source = (
-            f"held out of {splits['train']!r}"
-            if splits[name] == corpus_data.HOLDOUT
-            else f"from {splits[name]!r}"
-        )
-        log(f"[cache] {name}: {len(utts)} utterances {source}")
-        bar = tqdm(total=len(utts), desc=f"cache {name}", unit="utt", disable=not show)
-        last = [time.perf_counter()]
-
-        def progress(
-            done: int, total: int, bar: Any = bar, name: str = name, last: list[float] = last
-        ) -> None:
-            bar.n = done
-            bar.refresh()
-            if time.perf_counter() - last[0] >= opts.log_every_s:
-                last[0] = time.perf_counter()
-                log(f"[cache] {name}: {done}/{total}")
-
-        out = build_cache(
-            utts,
-            run.dir / "cache" / name,
-            cfg.audio,
-            cfg.video,
-            opts.workers,
-            lambda: stop.requested,
-            progress,
-        )
-        bar.close()
-        summary[name] = {"cached": out["cached"], "failed": len(out["failed"])}
-        for message in out["failed"][:5]:
-            log(f"[cache] skipped {message}")
-        if not out["complete"]:
-            return
-        if out["cached"] == 0:
-            raise InputError(
-                f"no utterance of split {splits[name]!r} could be decoded (see {run.dir}/cache/{name}/failed.json)"
-            )
-    summary["complete"] = True
-    run.info["cache"] = summary
-    run.save()
-    log(f"[cache] done: {summary}")
-
-
-def _split_or_empty(root: Path, split: str) -> list[corpus_data.Utterance]:
-    try:
-        return corpus_data.list_utterances(root, split)
-    except ValueError:  # a corpus made without that split
-        return []
-
-
-def _with_mel_norm(run: Run, cfg: ModelConfig) -> ModelConfig:
-    """`cfg` with the diffusion's log-mel normalisation (one mean and std over all bands and frames of the
-    train cache), measured once per run and kept in run.json so a resumed run and its export agree."""
-    _require(run, "cache")
-    if "mel_norm" not in run.info:
-        train, _ = _sets(run, cfg)
-        band_mean, band_std = (a.astype(np.float64) for a in train.mel_stats())
-        mean = float(band_mean.mean())
-        std = float(np.sqrt(np.mean(band_std**2 + (band_mean - mean) ** 2)))
-        run.info["mel_norm"] = {"mean": round(mean, 4), "std": round(std, 4)}
-        run.save()
-    norm = run.info["mel_norm"]
-    return dataclasses.replace(
-        cfg, diffusion=dataclasses.replace(cfg.diffusion, mel_mean=norm["mean"], mel_std=norm["std"])
-    )
-
-
-def _sets(run: Run, cfg: ModelConfig) -> tuple[CacheSet, CacheSet | None]:
-    train = CacheSet(run.dir / "cache" / "train", cfg.video)
-    val_dir = run.dir / "cache" / "val"
-    val = CacheSet(val_dir, cfg.video) if val_dir.exists() and any(val_dir.glob("shard-*")) else None
-    return train, val
-
-
-def _stage_encoder(
-    run: Run,
-    opts: TrainOptions,
-    cfg: ModelConfig,
-    stop: StopFlag,
-    settings: LoopSettings,
-    log: Callable[[str], None],
-) -> None:
-    from lab.training.encoder_stage import EncoderStage
-    from lab.training.features import compute_encoder_features
-
-    _require(run, "cache")
-    budgets = _plan_budgets(run, opts)
-    train, val = _sets(run, cfg)
-    if not run.stage_done("encoder"):
-        mean, std = train.mel_stats()
-        model = build_initial_model(cfg, opts.seed)
-        init = _init_checkpoint(run, cfg)
-        if init is not None:
-            model.encoder.load_state_dict(warm_start.part(init, "encoder"))
-        stage = EncoderStage(
-            model,
-            train,
-            val,
-            mean,
-            std,
-            batch_clips=opts.encoder_batch,
-            phone_weight=opts.phone_weight,
-            seed=opts.seed,
-            frozen_steps=opts.head_warmup_steps if init is not None else 0,
-        )
-        if stage.phone_weight == 0 and opts.phone_weight > 0:
-            log("[encoder] the training set has no phone timings: mel targets only")
-        if init is not None and not run.state("encoder").exists():
-            head = warm_start.head_from_prior(init, mean, std)
-            if head is not None and head["weight"].shape == stage.head.weight.shape:
-                stage.head.load_state_dict(head)
-            log(
-                f"[encoder] starts from {init.path.name if init.path else '?'} (sha256 {init.sha256[:12]}); "
-                f"its first {stage.frozen_steps} steps train the heads only"
-            )
-        budget = Budget(budgets["encoder"], opts.encoder_steps, lr=opts.encoder_lr)
-        run_stage(stage, run.state("encoder"), budget, stop, settings, log)
-        if stop.requested:
-            return
-    if not run.info.get("features", {}).get("encoder"):
-        t0 = time.perf_counter()
-        model = model_with_stages(run, cfg, opts.seed, ("encoder",))
-        for name, data in (("train", train), ("val", val)):
-            if data is not None:
-                compute_encoder_features(model, data, run.dir / "features" / name)
-        run.info.setdefault("features", {})["encoder"] = True
-        run.save()
-        log(f"[features] encoder features cached in {time.perf_counter() - t0:.0f} s")
-
-
-def _stage_speaker(
-    run: Run,
-    opts: TrainOptions,
-    cfg: ModelConfig,
-    stop: StopFlag,
-    settings: LoopSettings,
-    log: Callable[[str], None],
-) -> None:
-    from lab.training.features import FeatureSet, compute_speaker_embeddings
-    from lab.training.speaker_stage import SpeakerStage
-
-    _require(run, "encoder")
-    budgets = _plan_budgets(run, opts)
-    train, val = _sets(run, cfg)
-    feats = run.dir / "features"
-    if not run.stage_done("speaker"):
-        model = model_with_stages(run, cfg, opts.seed, ("encoder",))
-        train_f = FeatureSet(train, feats / "train", with_speaker=False)
-        val_f = FeatureSet(val, feats / "val", with_speaker=False) if val is not None else None
-        stage = SpeakerStage(model, train_f, val_f, batch_size=opts.speaker_batch, seed=opts.seed)
-        if not run.state("speaker").exists():
-            stage.initialise()
-        budget = Budget(budgets["speaker"], opts.speaker_steps, lr=opts.speaker_lr)
-        # The least-squares `initialise` is often as good as the InfoNCE steps on validation: keep whichever
-        # state aligns s_v with GE2E best, where validation is held out of training (never on a test split).
-        held_out = run.info["splits"].get("val") == corpus_data.HOLDOUT
-        select = ("val_cos_v_g", "max") if held_out else None
-        run_stage(stage, run.state("speaker"), budget, stop, settings, log, select=select)
-        if stop.requested:
-            return
-    if not run.info.get("features", {}).get("speaker"):
-        model = model_with_stages(run, cfg, opts.seed, ("encoder", "speaker"))
-        for name, data in (("train", train), ("val", val)):
-            if data is not None:
-                compute_speaker_embeddings(model, data, feats / name)
-        run.info.setdefault("features", {})["speaker"] = True
-        run.save()
-        log("[features] speaker embeddings cached")
-
-
-def _stage_denoiser(
-    run: Run,
-    opts: TrainOptions,
-    cfg: ModelConfig,
-    stop: StopFlag,
-    settings: LoopSettings,
-    log: Callable[[str], None],
-) -> None:
-    from lab.training.denoiser_stage import DenoiserStage
-    from lab.training.features import FeatureSet
-
-    _require(run, "speaker")
-    if run.stage_done("denoiser"):
-        return
-    budgets = _plan_budgets(run, opts)
-    train, val = _sets(run, cfg)
-    feats = run.dir / "features"
-    model = build_initial_model(cfg, opts.seed)
-    train_f = FeatureSet(train, feats / "train")
-    val_f = FeatureSet(val, feats / "val") if val is not None else None
-    mean, std = train.mel_stats()
-    prior_init = None
-    fresh = not run.state("denoiser").exists()
-    if model.denoiser.prior is not None and fresh:
-        prior_init = _prior_from_encoder(run, cfg, mean, std, log)
-    init = _init_checkpoint(run, cfg) if fresh else None
-    if init is not None:
-        model.denoiser.load_state_dict(warm_start.part(init, "denoiser"))
-        log(f"[denoiser] starts from {init.path.name if init.path else '?'} (sha256 {init.sha256[:12]})")
-    stage = DenoiserStage(
-        model,
-        train_f,
-        val_f,
-        # A warm start keeps the checkpoint's output offsets (a fresh one starts them at the mean mel).
-        mel_mean=mean if init is None else None,
-        prior_init=prior_init,
-        batch_size=opts.denoiser_batch,
-        seed=opts.seed,
-    )
-    budget = Budget(budgets["denoiser"], opts.denoiser_steps, lr=opts.denoiser_lr)
-    run_stage(stage, run.state("denoiser"), budget, stop, settings, log)
-
-
-def _init_checkpoint(run: Run, cfg: ModelConfig) -> Any:
-    """The checkpoint the run warm-starts from (`--init-from`), or None for a fresh run."""
-    record = run.info.get("init_from")
-    return None if record is None else warm_start.recorded_init(record, cfg)
-
-
-def _prior_from_encoder(
-    run: Run, cfg: ModelConfig, band_mean: np.ndarray, band_std: np.ndarray, log: Callable[[str], None]
-) -> dict[str, torch.Tensor] | None:
-    """The encoder stage's mel head as the denoiser prior's starting weights, when its shape fits."""
-    from lab.training.denoiser_stage import prior_from_encoder_head
-
-    saved = load_state(run.state("encoder"))
-    head = None if saved is None else saved["stage"].get("head")
-    want = cfg.denoiser.prior_subframes * cfg.audio.n_mels
-    if head is None or head["weight"].shape[0] != want:
-        log("[denoiser] visual prior starts untrained (no encoder head of matching shape)")
-        return None
-    d = cfg.diffusion
-    return prior_from_encoder_head(head, band_mean, band_std, d.mel_mean, d.mel_std)

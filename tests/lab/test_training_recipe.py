@@ -154,16 +154,16 @@ def test_denoiser_prior_starts_as_the_encoder_heads_estimate(trained: dict[str, 
     """The prior built from the encoder stage's head, on the cached features, already beats predicting the
     average mel (so the conversion kept the head's estimate) and the log says where it came from."""
     from diffv2s.nn.denoiser import Denoiser
-    from lab.training.recipe import _prior_from_encoder, _with_mel_norm
+    from lab.training.stages import prior_from_encoder, with_mel_norm
 
     run_dir: Path = trained["run"]  # type: ignore[assignment]
     run = Run(run_dir)
-    cfg = _with_mel_norm(run, preset("small"))
+    cfg = with_mel_norm(run, preset("small"))
     data = CacheSet(run_dir / "cache" / "train", cfg.video)
     feats = FeatureSet(data, run_dir / "features" / "train", with_speaker=False)
     mean, std = data.mel_stats()
     messages: list[str] = []
-    init = _prior_from_encoder(run, cfg, mean, std, messages.append)
+    init = prior_from_encoder(run, cfg, mean, std, messages.append)
     assert init is not None and not messages
     den = Denoiser(cfg.denoiser, cfg.audio.n_mels, cfg.encoder.embed_dim)
     assert den.prior is not None
