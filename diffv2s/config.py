@@ -91,22 +91,15 @@ class DiffusionConfig:
     timesteps: int = 1000
     schedule: str = "cosine"  # "cosine" | "linear"
     cond_dropout: float = 0.1  # classifier-free guidance training
-    # DDIM-10 beat DPM-Solver++ 2M at 10 steps on held-out sentences (WER 0.178 vs 0.190, ESTOI 0.487 vs
-    # 0.458). Fewer DDIM steps sample nearer the mean: on a selection set of 33 new sentences (CFG 1.5)
-    # steps 1 / 2 / 3 / 4 / 6 / 10 / 25 gave ESTOI 0.508 / 0.516 / 0.528 / 0.524 / 0.516 / 0.502 / 0.487 and
-    # WER 0.157 / 0.157 / 0.116 / 0.131 / 0.131 / 0.126 / 0.126: 4 sits inside the best range, clear of
-    # the drop at 2. Checkpoints keep the defaults they were written with.
+    # A request's defaults, chosen on a selection set, never the test split (figures: docs/results-history.md,
+    # "Sampling defaults"); checkpoints keep the defaults they were written with.
     default_sampler: str = "ddim"
-    default_steps: int = 4
-    # Classifier-free guidance scale a request without one gets (1 = off: one denoiser call per step;
-    # otherwise two). 1.5 was chosen on a selection set of 33 new sentences (not the test split): WER 0.131
-    # vs 0.141 without, ESTOI 0.499 vs 0.466, SECS 0.802 vs 0.753, DNSMOS 2.14 vs 1.94; 2 was no better on
-    # WER and 3 broke it (0.465). Checkpoints written before this field existed sample without guidance.
+    default_steps: int = 4  # fewer DDIM steps sample nearer the mean, until 2 where it falls off
+    # Classifier-free guidance (1 = off: one denoiser call per step, otherwise two); checkpoints written
+    # before this field existed sample without it.
     default_cfg_scale: float = 1.5
-    # Scale of the sampler's starting noise a request without one gets (1 = N(0, I)). Below 1 the
-    # deterministic DDIM path ends nearer the most likely mel. Chosen on the same selection set with DDIM 4
-    # and CFG 1.5: 1 / 0.7 / 0.5 gave WER 0.131 / 0.121 / 0.106, ESTOI 0.524 / 0.530 / 0.534, SECS 0.821 /
-    # 0.829 / 0.831, DNSMOS 2.33 / 2.51 / 2.56. Checkpoints written before this field existed keep 1.
+    # Scale of the sampler's starting noise (1 = N(0, I)): below 1 the deterministic DDIM path ends nearer
+    # the most likely mel; checkpoints written before this field existed keep 1.
     default_noise_scale: float = 0.5
     # The diffusion runs on (log-mel - mel_mean) / mel_std, so the data has about unit variance like the
     # noise (raw log-mel sits around -6 with std ~2.5). Training measures both on its corpus; 0 / 1 (no
