@@ -28,8 +28,10 @@ from typing import Any
 import torch
 
 from diffv2s.checkpoints.store import load_checkpoint, save_checkpoint
+from diffv2s.checkpoints.weights import load_model
 from diffv2s.config import ModelConfig, preset
-from diffv2s.engines_onnx import network_specs, open_session, session_inputs
+from diffv2s.engines.ort_backend import open_session, session_inputs
+from diffv2s.engines.spec import network_specs
 from diffv2s.model import build_initial_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -88,8 +90,6 @@ def _export_denoiser(workdir: Path) -> tuple[Any, Path]:
 
 
 def cpu_section(ckpt: Any, workdir: Path, threads: int) -> list[dict[str, Any]]:
-    from model_export.onnx_export import load_model
-
     cfg = ckpt.config
     spec = network_specs(cfg)["denoiser"]
     model = load_model(ckpt)
@@ -144,8 +144,8 @@ def gpu_section(ckpt: Any, workdir: Path) -> dict[str, Any]:
 
     if importlib.util.find_spec("tensorrt") is None:
         return {"skipped": "tensorrt is not installed"}
-    from diffv2s.engines_trt import ShapeLimits, TrtNetwork, load_or_build
-    from model_export.onnx_export import load_model
+    from diffv2s.engines.profiles import ShapeLimits
+    from diffv2s.engines.trt_backend import TrtNetwork, load_or_build
 
     cfg = ckpt.config
     spec = network_specs(cfg)["denoiser"]

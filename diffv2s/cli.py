@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from diffv2s.engines.spec import ENGINE_NAMES
 from diffv2s.errors import DiffV2SError
 from diffv2s.schemas import SAMPLERS
 
@@ -52,8 +53,8 @@ def _add_synthesize(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--engine",
         default="torch",
-        help="torch | onnxruntime | onnxruntime-cpu | onnxruntime-cpu-int8 | onnxruntime-cuda | onnxruntime-trt | "
-        "tensorrt | tensorrt-fp32",
+        choices=ENGINE_NAMES,
+        help="inference engine (default: torch; the others run the files in --engine-dir)",
     )
     p.add_argument("--engine-dir", type=Path, default=None, help="folder of exported engines")
     p.add_argument("--seed", type=int, default=0)

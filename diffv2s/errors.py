@@ -66,8 +66,9 @@ class CheckpointError(DiffV2SError):
     code = "checkpoint_error"
 
 
-class EngineUnavailable(CheckpointError):
-    """The requested inference engine cannot run here: ONNX Runtime silently fell back to another execution
-    provider (e.g. CUDA libraries missing), or TensorRT / a CUDA GPU is absent. A start-up error."""
+class InferenceEngineUnavailable(CheckpointError):
+    """The requested inference engine (`diffv2s.engines`) cannot run here: ONNX Runtime silently fell back
+    to another execution provider (e.g. CUDA libraries missing), or TensorRT / a CUDA GPU is absent. A
+    start-up error. (Not the corpus's text-to-speech engines: those have errors of their own.)"""
 
     code = "engine_unavailable"

@@ -1,20 +1,27 @@
 """Plain request/result types of the synthesizer. No torch import: the gateway uses these.
 
-`SynthesisParams.validate()` is the one place sampling parameters are checked, so the gateway, the CLI
-and the worker reject the same things with the same message.
+The sampling parameters are declared here once: `SynthesisParams` (what a request asks for; None = the
+checkpoint's default), their bounds (the constants below), `SynthesisParams.validate()` (the one place they
+are checked, so the gateway, the CLI and the worker reject the same things with the same message) and
+`resolve_sampling` (a request's parameters with the checkpoint's defaults filled in: what really runs).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from diffv2s.config import DiffusionConfig, ModelConfig
 from diffv2s.errors import DiffV2SError, InvalidParameter
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
 OUTPUTS = ("wav", "mp4")
 MAX_STEPS = 1000
+MAX_SEED = 2**63 - 1
+MAX_GUIDANCE = 100.0
+MAX_CFG_SCALE = 20.0
 MAX_NOISE_SCALE = 2.0
 
 
@@ -44,17 +51,66 @@ class SynthesisParams:
             raise InvalidParameter(f"sampler must be one of {', '.join(SAMPLERS)}; got {self.sampler!r}")
         if self.steps is not None and not (1 <= self.steps <= MAX_STEPS):
             raise InvalidParameter(f"steps must be between 1 and {MAX_STEPS}; got {self.steps}")
-        if not (0 <= self.seed < 2**63):
+        if not (0 <= self.seed <= MAX_SEED):
             raise InvalidParameter(f"seed must be between 0 and 2**63-1; got {self.seed}")
-        if not (0.0 <= self.guidance <= 100.0):
-            raise InvalidParameter(f"guidance must be between 0 and 100; got {self.guidance}")
-        if self.cfg_scale is not None and not (0.0 <= self.cfg_scale <= 20.0):
-            raise InvalidParameter(f"cfg_scale must be between 0 and 20; got {self.cfg_scale}")
+        if not (0.0 <= self.guidance <= MAX_GUIDANCE):
+            raise InvalidParameter(f"guidance must be between 0 and {MAX_GUIDANCE:g}; got {self.guidance}")
+        if self.cfg_scale is not None and not (0.0 <= self.cfg_scale <= MAX_CFG_SCALE):
+            raise InvalidParameter(f"cfg_scale must be between 0 and {MAX_CFG_SCALE:g}; got {self.cfg_scale}")
         if self.noise_scale is not None and not (0.0 <= self.noise_scale <= MAX_NOISE_SCALE):
             raise InvalidParameter(
                 f"noise_scale must be between 0 and {MAX_NOISE_SCALE:g}; got {self.noise_scale}"
             )
         return self
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON values (None where the checkpoint's default applies)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SynthesisParams:
+        """The inverse of `as_dict`; absent keys take the field's default, unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise InvalidParameter(f"unknown sampling parameters {unknown}; known: {sorted(names)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ResolvedSampling:
+    """The sampling settings one item really runs with: a request's parameters with every default filled
+    in from the checkpoint (see `resolve_sampling`). Same fields as `SynthesisParams`, none of them None."""
+
+    sampler: str
+    steps: int
+    seed: int
+    guidance: float
+    cfg_scale: float
+    noise_scale: float
+
+    @property
+    def group_key(self) -> tuple[str, int, float, float, float]:
+        """Items with equal keys can share one sampler run (the seed is per item)."""
+        return (self.sampler, self.steps, self.guidance, self.cfg_scale, self.noise_scale)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def resolve_sampling(params: SynthesisParams, defaults: ModelConfig | DiffusionConfig) -> ResolvedSampling:
+    """`params` with each unset (None) field replaced by the checkpoint's default: `defaults` is the
+    checkpoint's config (`Checkpoint.config`, `Synthesizer.cfg`) or its `diffusion` part. Validates."""
+    params.validate()
+    d = defaults.diffusion if isinstance(defaults, ModelConfig) else defaults
+    return ResolvedSampling(
+        sampler=params.sampler if params.sampler is not None else d.default_sampler,
+        steps=params.steps if params.steps is not None else d.default_steps,
+        seed=params.seed,
+        guidance=params.guidance,
+        cfg_scale=params.cfg_scale if params.cfg_scale is not None else d.default_cfg_scale,
+        noise_scale=params.noise_scale if params.noise_scale is not None else d.default_noise_scale,
+    )
 
 
 @dataclass
@@ -82,6 +138,8 @@ class SynthesisResult:
 
     waveform: float32 numpy array [n_samples] in [-1, 1] at `sample_rate`.
     timings: seconds per stage: preprocess, encoder, speaker, sampling, vocoder, mux, total.
+    sampling: the settings the item really ran with (`ResolvedSampling.as_dict()`: sampler, steps, seed,
+        guidance, cfg_scale, noise_scale; the checkpoint's defaults filled in); empty if it failed first.
     """
 
     request_id: str
@@ -92,6 +150,7 @@ class SynthesisResult:
     mp4_path: Path | None = None
     error: DiffV2SError | None = None
     batch_size: int = 1
+    sampling: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

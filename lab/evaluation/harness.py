@@ -17,6 +17,7 @@ import numpy as np
 from diffv2s.audio import save_wav
 from diffv2s.errors import DiffV2SError, InputError
 from diffv2s.pipeline import Synthesizer
+from diffv2s.schemas import SynthesisParams, resolve_sampling
 from diffv2s.video.mouth_roi import MouthROI, extract_mouth_roi
 from lab.evaluation.corpus_data import EvalItem, load_items
 from lab.evaluation.figures import MelPair, write_mel_figure
@@ -88,16 +89,18 @@ class EvalResult:
 
 def plan_systems(synth: Synthesizer, opts: EvalOptions) -> tuple[SystemSpec, list[SystemSpec]]:
     """(the main `model` system, the ablations) for this checkpoint and these options."""
-    d = synth.cfg.diffusion
-    model = SystemSpec(
-        "model",
-        "DiffV2S, vision-guided speaker embedding s_v",
-        speaker="visual",
-        sampler=opts.sampler or d.default_sampler,
-        steps=opts.steps or d.default_steps,
-        guidance=opts.guidance,
-        cfg_scale=d.default_cfg_scale if opts.cfg_scale is None else opts.cfg_scale,
-        noise_scale=d.default_noise_scale if opts.noise_scale is None else opts.noise_scale,
+    sampling = resolve_sampling(
+        SynthesisParams(
+            sampler=opts.sampler,
+            steps=opts.steps,
+            guidance=opts.guidance,
+            cfg_scale=opts.cfg_scale,
+            noise_scale=opts.noise_scale,
+        ),
+        synth.cfg,
+    )
+    model = SystemSpec.sampled_as(
+        "model", "DiffV2S, vision-guided speaker embedding s_v", sampling, speaker="visual"
     )
     ablations: list[SystemSpec] = []
     base = {
@@ -290,17 +293,14 @@ def evaluate_videos(
     two ASRs hear). Uses the `model` system's sampler settings."""
     import torch
 
-    from diffv2s.schemas import SynthesisParams, SynthesisRequest
+    from diffv2s.schemas import SynthesisRequest
 
     opts = opts or EvalOptions()
     torch.set_num_threads(max(1, opts.threads))
     synth = Synthesizer.load(checkpoint, engine=opts.engine, device=opts.device, engine_dir=opts.engine_dir)
     model_spec, _ = plan_systems(synth, replace(opts, sweep=(), speaker_ablations=False))
     scorer = Scorer(whisper=opts.whisper, cache_dir=opts.cache_dir, threads=opts.threads)
-    params = SynthesisParams(
-        sampler=model_spec.sampler, steps=model_spec.steps, seed=opts.seed, guidance=opts.guidance,
-        cfg_scale=model_spec.cfg_scale, noise_scale=model_spec.noise_scale,
-    )  # fmt: skip
+    params = model_spec.params(opts.seed)
     out: list[dict[str, Any]] = []
     for video in videos:
         (res,) = synth.synthesize_batch([SynthesisRequest(video=Path(video), params=params)])

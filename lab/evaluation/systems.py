@@ -12,9 +12,10 @@
   encoder features, the mel the Transformer corrects — put through one DDIM step in place of the network's
   x0 prediction, so it is vocoded exactly as the model's mel is. What the diffusion adds is the gap to `model`.
 
-Every synthesized system runs the pipeline's own `generate_mels` + `_vocode` on mouth ROIs extracted once
-per utterance; a speaker override swaps the speaker (or denoiser) engine for the duration of one call, so
-the pipeline code is not duplicated and the sampling loop is exactly the served one.
+Every synthesized system runs the served sampling path, `diffv2s.sampling.generate_mels` + `vocode`, on
+mouth ROIs extracted once per utterance. An ablation hands that path engines of its own (the served ones
+with the speaker or denoiser network wrapped), so the pipeline code is not duplicated, the sampling loop is
+exactly the served one, and the synthesizer's engines are never touched.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ import numpy as np
 import torch
 
 from diffv2s.audio import mel_spectrogram
-from diffv2s.engines import Engines
+from diffv2s.engines.spec import Engines
 from diffv2s.nn.denoiser import Denoiser
 from diffv2s.nn.speaker import mel_to_audio_features
-from diffv2s.pipeline import Synthesizer, plan_windows
-from diffv2s.schemas import MAX_NOISE_SCALE, SynthesisParams
+from diffv2s.pipeline import Synthesizer
+from diffv2s.sampling import generate_mels, vocode
+from diffv2s.schemas import MAX_CFG_SCALE, MAX_NOISE_SCALE, ResolvedSampling, SynthesisParams
 from diffv2s.video.mouth_roi import MouthROI
+from diffv2s.windows import plan_batch
 
 SPEAKER_MODES = ("visual", "audio", "null", "zero")
 DENOISER_MODES = ("model", "prior")
@@ -51,6 +54,32 @@ class SystemSpec:
     cfg_scale: float = 1.0
     noise_scale: float = 1.0
     denoiser: str = "model"  # one of DENOISER_MODES
+
+    @classmethod
+    def sampled_as(cls, name: str, description: str, sampling: ResolvedSampling, **modes: str) -> SystemSpec:
+        """A system sampled with resolved settings (`diffv2s.schemas.resolve_sampling`); `modes`: speaker,
+        denoiser."""
+        return cls(
+            name,
+            description,
+            sampler=sampling.sampler,
+            steps=sampling.steps,
+            guidance=sampling.guidance,
+            cfg_scale=sampling.cfg_scale,
+            noise_scale=sampling.noise_scale,
+            **modes,
+        )
+
+    def params(self, seed: int) -> SynthesisParams:
+        """The sampling parameters of one utterance of this system."""
+        return SynthesisParams(
+            sampler=self.sampler,
+            steps=self.steps,
+            seed=seed,
+            guidance=self.guidance,
+            cfg_scale=self.cfg_scale,
+            noise_scale=self.noise_scale,
+        ).validate()
 
     @property
     def sampling_key(self) -> tuple[str, str, int, float, float, float, str]:
@@ -81,7 +110,7 @@ def visual_prior_spec() -> SystemSpec:
 
 
 # Optional "-<name><value>" parts of a sweep entry after sampler-steps, and each one's allowed range.
-SWEEP_SCALES = {"cfg": 20.0, "noise": MAX_NOISE_SCALE}
+SWEEP_SCALES = {"cfg": MAX_CFG_SCALE, "noise": MAX_NOISE_SCALE}
 
 
 @dataclass(frozen=True)
@@ -160,15 +189,10 @@ def audio_speaker_embedding(synth: Synthesizer, mel: torch.Tensor) -> torch.Tens
 
 
 def _window_counts(synth: Synthesizer, rois: Sequence[MouthROI]) -> list[int]:
-    """How many windows the pipeline splits each video into (its speaker engine sees them in this order)."""
+    """How many windows the sampling path splits each video into (its speaker engine sees them in order)."""
     ratio = synth.cfg.audio.mel_rate / synth.cfg.video.fps
-    counts = []
-    for roi in rois:
-        n_mel = max(1, int(round(roi.n_frames * ratio)))
-        counts.append(
-            len(plan_windows(roi.n_frames, n_mel, ratio, synth.window_frames, synth.overlap_frames))
-        )
-    return counts
+    windows = plan_batch([roi.n_frames for roi in rois], ratio, synth.window_frames, synth.overlap_frames)
+    return [sum(1 for w in windows if w.item == i) for i in range(len(rois))]
 
 
 def _speaker_override(engines: Engines, per_window: torch.Tensor) -> Engines:
@@ -210,23 +234,20 @@ def _prior_override(engines: Engines, module: Denoiser) -> Engines:
     return dataclasses.replace(engines, denoiser=denoiser)
 
 
-def synthesize_system(
+def system_engines(
     synth: Synthesizer,
     spec: SystemSpec,
     rois: Sequence[MouthROI],
-    seeds: Sequence[int],
     gt_mels: Sequence[torch.Tensor] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[np.ndarray]:
-    """Waveforms [round(duration * sr)] float32 of one system for a batch of mouth ROIs.
-
-    gt_mels: ground-truth log-mels [n_mels, T_i], needed by `speaker="audio"` only.
-    """
+    engines: Engines | None = None,
+) -> Engines:
+    """The engines a system runs on `rois`: `engines` (default: the synthesizer's) with the speaker or
+    denoiser network replaced as the system's modes say. gt_mels: needed by `speaker="audio"` only."""
     if spec.speaker not in SPEAKER_MODES:
         raise ValueError(f"speaker mode must be one of {SPEAKER_MODES}; got {spec.speaker!r}")
     if spec.denoiser not in DENOISER_MODES:
         raise ValueError(f"denoiser mode must be one of {DENOISER_MODES}; got {spec.denoiser!r}")
-    engines = synth.engines
+    engines = engines if engines is not None else synth.engines
     if spec.speaker == "audio":
         if gt_mels is None:
             raise ValueError("speaker='audio' needs the ground-truth mels")
@@ -242,31 +263,53 @@ def synthesize_system(
         if synth.model.denoiser.prior is None:
             raise ValueError("this checkpoint's denoiser has no visual prior (prior_subframes = 0)")
         engines = _prior_override(engines, synth.model.denoiser)
-    params = [
-        SynthesisParams(
-            sampler=spec.sampler,
-            steps=spec.steps,
-            seed=s,
-            guidance=spec.guidance,
-            cfg_scale=spec.cfg_scale,
-            noise_scale=spec.noise_scale,
-        ).validate()
-        for s in seeds
-    ]
-    served = synth.engines
-    synth.engines = engines
-    try:
-        mels, _ = synth.generate_mels(rois, params, progress)
-    finally:
-        synth.engines = served
-    wavs = synth._vocode(mels)
+    return engines
+
+
+def system_mels(
+    synth: Synthesizer,
+    spec: SystemSpec,
+    rois: Sequence[MouthROI],
+    seeds: Sequence[int],
+    gt_mels: Sequence[torch.Tensor] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    engines: Engines | None = None,
+) -> list[torch.Tensor]:
+    """The log-mel [n_mels, T_i] of one system for a batch of mouth ROIs: the served sampling path on the
+    system's engines (`system_engines`), with the synthesizer's windows and device."""
+    run_on = system_engines(synth, spec, rois, gt_mels, engines)
+    return generate_mels(
+        run_on,
+        synth.cfg,
+        [roi.frames for roi in rois],
+        [spec.params(s) for s in seeds],
+        synth.device,
+        synth.window_frames,
+        synth.overlap_frames,
+        progress,
+    ).mels
+
+
+def synthesize_system(
+    synth: Synthesizer,
+    spec: SystemSpec,
+    rois: Sequence[MouthROI],
+    seeds: Sequence[int],
+    gt_mels: Sequence[torch.Tensor] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    engines: Engines | None = None,
+) -> list[np.ndarray]:
+    """Waveforms [round(duration * sr)] float32 of one system for a batch of mouth ROIs (`system_mels`,
+    then the vocoder of `engines`, default the synthesizer's)."""
+    mels = system_mels(synth, spec, rois, seeds, gt_mels, progress, engines)
+    wavs = vocode(engines if engines is not None else synth.engines, synth.cfg, mels, synth.device)
     return [_fit(w, roi.duration, synth.cfg.audio.sample_rate) for w, roi in zip(wavs, rois, strict=True)]
 
 
 def vocode_ground_truth(synth: Synthesizer, wavs: Sequence[np.ndarray]) -> list[np.ndarray]:
     """The vocoder ceiling: ground-truth waveforms -> log-mel -> HiFi-GAN -> waveforms of the same length."""
     mels = [ground_truth_mel(synth, w) for w in wavs]
-    out = synth._vocode(mels)
+    out = vocode(synth.engines, synth.cfg, mels, synth.device)
     return [_fit_samples(o, len(w)) for o, w in zip(out, wavs, strict=True)]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from diffv2s.checkpoints.store import save_checkpoint
+from diffv2s.checkpoints.weights import checkpoint_state
 from diffv2s.config import ModelConfig
 from diffv2s.errors import InputError
 from lab.training.loop import StageRecord
@@ -42,7 +43,7 @@ def export_run(run: Run, opts: TrainOptions, cfg: ModelConfig, log: Callable[[st
             "(--force exports its last saved state, if it has one)."
         )
     model = model_with_stages(run, cfg, opts.seed, ("encoder", "speaker", "denoiser"))
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("speaker.encoder.")}
+    state = checkpoint_state(model)
     records = {name: run.record(name) for name in ("encoder", "speaker", "denoiser")}
     meta: dict[str, Any] = {
         "trained": True,

@@ -54,18 +54,14 @@ def speakers_seen(
 ) -> torch.Tensor:
     """Run a system and return the speaker rows the denoiser received on its first call: [n_windows, 256]."""
     seen: list[torch.Tensor] = []
-    served = synth.engines
-    base = served.denoiser
+    base = synth.engines.denoiser
 
     def recording(x_t, t, visual, visual_mask, speaker, mask, drop_cond):  # type: ignore[no-untyped-def]
         seen.append(speaker.detach().clone())
         return base(x_t, t, visual, visual_mask, speaker, mask, drop_cond)
 
-    synth.engines = dataclasses.replace(served, denoiser=recording)
-    try:
-        wavs = synthesize_system(synth, spec, rois, [1] * len(rois), mels)
-    finally:
-        synth.engines = served
+    engines = dataclasses.replace(synth.engines, denoiser=recording)
+    wavs = synthesize_system(synth, spec, rois, [1] * len(rois), mels, engines=engines)
     for roi, wav in zip(rois, wavs, strict=True):
         assert wav.shape == (int(round(roi.duration * synth.cfg.audio.sample_rate)),)
         assert np.isfinite(wav).all()
@@ -87,7 +83,7 @@ def test_each_speaker_mode_feeds_the_denoiser_its_embedding(synth: Synthesizer, 
     audio = speakers_seen(synth, spec("audio"), [roi], [mel])
     null = speakers_seen(synth, spec("null"), [roi], [mel])
     zero = speakers_seen(synth, spec("zero"), [roi], [mel])
-    assert synth.engines is served  # the served engines are back after every call
+    assert synth.engines is served  # systems never swap the synthesizer's engines
     assert visual.shape[0] == 3 and audio.shape[0] == 3
 
     with torch.inference_mode():

@@ -11,13 +11,17 @@ import pytest
 import torch
 
 from diffv2s.checkpoints.store import Checkpoint, load_checkpoint, save_checkpoint
+from diffv2s.checkpoints.weights import load_model
 from diffv2s.config import preset
-from diffv2s.engines import torch_engines
-from diffv2s.engines_onnx import NETWORKS, build_engines, network_specs
-from diffv2s.engines_trt import CACHE_DIR, ShapeLimits, cache_key, shape_profile
-from diffv2s.errors import EngineUnavailable
+from diffv2s.engines.build import build_engines
+from diffv2s.engines.profiles import ShapeLimits, shape_profile
+from diffv2s.engines.spec import NETWORKS, network_specs
+from diffv2s.engines.torch_backend import torch_engines
+from diffv2s.engines.trt_backend import CACHE_DIR, cache_key
+from diffv2s.errors import InferenceEngineUnavailable
 from diffv2s.model import build_initial_model
 from diffv2s.nn.hifigan import make_vocoder
+from diffv2s.schemas import SynthesisParams
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 CPU = torch.device("cpu")
@@ -65,7 +69,7 @@ def test_tensorrt_engine_without_tensorrt_or_gpu_is_a_clear_startup_error(tmp_pa
     model = build_initial_model(cfg)
     save_checkpoint(tmp_path / "c.pt", cfg, model.state_dict(), {})
     ckpt = load_checkpoint(tmp_path / "c.pt")
-    with pytest.raises(EngineUnavailable, match="TensorRT|CUDA"):
+    with pytest.raises(InferenceEngineUnavailable, match="TensorRT|CUDA"):
         build_engines("tensorrt", model, make_vocoder(cfg.vocoder, cfg.audio, CPU), CPU, tmp_path, ckpt)
 
 
@@ -88,8 +92,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Checkpoint, Path
 def test_tensorrt_matches_torch_and_reuses_its_cache(
     exported: tuple[Checkpoint, Path], engine: str, atol: float
 ) -> None:
-    from model_export.onnx_export import load_model
-    from model_export.verify import random_video, sample_mel
+    from model_export.verify import production_mels, random_video
 
     ckpt, engine_dir = exported
     cfg = ckpt.config
@@ -107,8 +110,9 @@ def test_tensorrt_matches_torch_and_reuses_its_cache(
         video, _ = random_video(cfg, batch=len(frames), frames=max(frames), seed=len(frames))
         pad = torch.arange(max(frames))[None, :] >= torch.tensor(frames)[:, None]
         seeds = list(range(len(frames)))
-        expected = sample_mel(ref, cfg, video, pad, seeds, 4)
-        got = sample_mel(eng, cfg, video, pad, seeds, 4)
+        # The production path at the checkpoint's defaults (DDIM 4, CFG 1.5, noise 0.5).
+        expected = production_mels(ref, cfg, video, pad, seeds, SynthesisParams())
+        got = production_mels(eng, cfg, video, pad, seeds, SynthesisParams(), gpu)
         err = float((got - expected).abs().max())
         print(f"{engine} frames={frames}: max |mel - torch| = {err:.3g}")
         assert err <= atol

@@ -1,10 +1,11 @@
 """Native TensorRT backend ("tensorrt" = fp16, "tensorrt-fp32"): engines built from the exported ONNX files.
 
-At first start each network's ONNX file (checked against the checkpoint like the ONNX Runtime backend does)
-is parsed and built with one optimisation profile (min/opt/max batch and length from `ShapeLimits`); the
-serialized engine goes to `<engine_dir>/tensorrt-cache/`, keyed by GPU name + compute capability +
-TensorRT version + ONNX file hash + precision + profile, and later starts deserialize it. A file lock
-keeps two workers on one machine from building the same engine twice.
+At first start each network's ONNX file (`diffv2s.engines.files`, checked against the checkpoint like the
+ONNX Runtime backend does) is parsed and built with one optimisation profile (min/opt/max batch and length
+from `diffv2s.engines.profiles.ShapeLimits`); the serialized engine goes to `<engine_dir>/tensorrt-cache/`,
+keyed by GPU name + compute capability + TensorRT version + ONNX file hash + precision + profile, and later
+starts deserialize it. A file lock keeps two workers on one machine from building the same engine twice.
+Speaker guidance keeps the torch path (`diffv2s.engines.torch_backend.hybrid_engines`).
 
 fp16: matrix multiplies and convolutions run in fp16; normalisation, element-wise, unary (sin/cos/erf/exp)
 and reduction layers are asked to stay fp32 (`PREFER_PRECISION_CONSTRAINTS`): the timestep and frame-position
@@ -21,10 +22,8 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import math
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +31,11 @@ import torch
 
 from diffv2s.checkpoints.store import Checkpoint, file_sha256
 from diffv2s.config import ModelConfig
-from diffv2s.engines import Engines, VocoderEngine
-from diffv2s.engines_onnx import (
-    NETWORKS,
-    NetworkSpec,
-    assemble_engines,
-    check_engine_file,
-    network_specs,
-    onnx_path,
-)
-from diffv2s.errors import CheckpointError, DiffV2SError, EngineUnavailable
+from diffv2s.engines.files import check_engine_file, onnx_path
+from diffv2s.engines.profiles import ShapeLimits, shape_profile
+from diffv2s.engines.spec import NETWORKS, Engines, NetworkSpec, VocoderEngine, network_specs
+from diffv2s.engines.torch_backend import hybrid_engines
+from diffv2s.errors import CheckpointError, DiffV2SError, InferenceEngineUnavailable
 from diffv2s.model import DiffV2S
 
 CACHE_DIR = "tensorrt-cache"
@@ -51,52 +45,12 @@ WORKSPACE_BYTES = 4 << 30
 _LOGGER: Any = None
 
 
-@dataclass(frozen=True)
-class ShapeLimits:
-    """Shapes the optimisation profiles (TensorRT) are built for. The pipeline's windows are 250 video
-    frames; the vocoder sees a whole video (up to `VideoConfig.max_seconds`), so it gets its own batch cap
-    (its activations at 60 s are large) and callers split bigger batches."""
-
-    max_batch: int = 16
-    opt_batch: int = 4
-    max_video_frames: int = 256
-    opt_video_frames: int = 125
-    vocoder_max_batch: int = 4
-
-
-def shape_profile(
-    spec: NetworkSpec, cfg: ModelConfig, limits: ShapeLimits = ShapeLimits()
-) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-    """{input name: (min shape, opt shape, max shape)} of one network."""
-    ratio = cfg.audio.mel_rate / cfg.video.fps
-    vocoder = spec.name == "vocoder"
-    max_mel = (
-        math.ceil(cfg.video.max_seconds * cfg.audio.mel_rate) + 1
-        if vocoder
-        else math.ceil(limits.max_video_frames * ratio) + 1
-    )
-    axes = {
-        "batch": (
-            1,
-            min(limits.opt_batch, limits.vocoder_max_batch if vocoder else limits.max_batch),
-            limits.vocoder_max_batch if vocoder else limits.max_batch,
-        ),
-        "video_frames": (1, limits.opt_video_frames, limits.max_video_frames),
-        "mel_frames": (1, round(limits.opt_video_frames * ratio), max_mel),
-    }
-    out = {}
-    for t in spec.inputs:
-        shapes = tuple(tuple(axes[d][k] if isinstance(d, str) else d for d in t.shape) for k in range(3))
-        out[t.name] = (shapes[0], shapes[1], shapes[2])
-    return out
-
-
 def import_tensorrt() -> Any:
-    """The `tensorrt` module, or EngineUnavailable with what to install."""
+    """The `tensorrt` module, or InferenceEngineUnavailable with what to install."""
     try:
         import tensorrt
     except ImportError as exc:
-        raise EngineUnavailable(
+        raise InferenceEngineUnavailable(
             "engine 'tensorrt' needs the TensorRT Python package (pip install 'diffv2s[gpu]', tensorrt>=10) "
             "and a CUDA GPU; choose engine 'onnxruntime' or 'torch' otherwise."
         ) from exc
@@ -112,7 +66,7 @@ def _logger(trt: Any) -> Any:
 
 def cuda_device(device: torch.device) -> torch.device:
     if device.type != "cuda" or not torch.cuda.is_available():
-        raise EngineUnavailable(
+        raise InferenceEngineUnavailable(
             f"engine 'tensorrt' needs a CUDA device (got device {str(device)!r}, CUDA available: "
             f"{torch.cuda.is_available()}); set the device to 'cuda' or choose engine 'onnxruntime-cpu'."
         )
@@ -338,4 +292,4 @@ def build_tensorrt_engines(
         engine, cache, built = load_or_build(path, specs[name], cfg, dev, fp16, limits)
         nets[name] = TrtNetwork(engine, specs[name], dev)
         details[name] = f"{cache.name} ({'built' if built else 'cached'} in {time.perf_counter() - t0:.1f} s)"
-    return assemble_engines("tensorrt" if fp16 else "tensorrt-fp32", model, vocoder, dev, nets, details)
+    return hybrid_engines("tensorrt" if fp16 else "tensorrt-fp32", model, vocoder, dev, nets, details)

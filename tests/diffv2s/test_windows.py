@@ -1,8 +1,8 @@
-"""Long-video windowing and cross-fade (pure functions of the pipeline)."""
+"""Long-video windowing, per-window noise seeds and cross-fade (pure functions of the sampling path)."""
 
 import torch
 
-from diffv2s.pipeline import crossfade, plan_windows
+from diffv2s.windows import crossfade, plan_batch, plan_windows, window_seed
 
 
 def test_short_video_is_one_window():
@@ -38,3 +38,18 @@ def test_crossfade_reconstructs_a_constant_and_blends_overlaps():
     out = crossfade([(0, torch.zeros(1, 120)), (100, torch.ones(1, 200))], n_mel)
     assert out[0, :100].abs().max() == 0 and torch.all(out[0, 120:] == 1)
     assert torch.all(out[0, 100:120].diff() >= 0)
+
+
+def test_a_batch_plan_lists_every_window_of_every_item_in_order():
+    ratio = 22050 / 256 / 25
+    wins = plan_batch([30, 300, 5], ratio, window=250, overlap=25)
+    assert [(w.item, w.index) for w in wins] == [(0, 0), (1, 0), (1, 1), (2, 0)]
+    assert (wins[1].v0, wins[1].v1, wins[2].v0, wins[2].v1) == (0, 250, 50, 300)
+    assert wins[3].m1 == round(5 * ratio)
+
+
+def test_window_seeds_differ_between_windows_and_items_and_fit_a_generator():
+    seeds = {window_seed(s, k) for s in (0, 1, 2**62 + 7) for k in range(4)}
+    assert len(seeds) == 12
+    assert all(0 <= s < 2**63 - 1 for s in seeds)
+    torch.Generator().manual_seed(max(seeds))
