@@ -41,15 +41,15 @@ run: $(STAMP)
 	$(BIN)/python -m service.embedded
 
 test: $(STAMP)
-	$(BIN)/ruff check diffv2s lab service worker model_export tests bench
-	$(BIN)/ruff format --check diffv2s lab service worker model_export tests bench
-	$(BIN)/mypy diffv2s lab service worker model_export
+	$(BIN)/ruff check diffv2s lab jobs service worker model_export tests bench
+	$(BIN)/ruff format --check diffv2s lab jobs service worker model_export tests bench
+	$(BIN)/mypy diffv2s lab jobs service worker model_export
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -ra
 
 lint: $(STAMP)
-	$(BIN)/ruff check --fix diffv2s lab service worker model_export tests bench
-	$(BIN)/ruff format diffv2s lab service worker model_export tests bench
+	$(BIN)/ruff check --fix diffv2s lab jobs service worker model_export tests bench
+	$(BIN)/ruff format diffv2s lab jobs service worker model_export tests bench
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

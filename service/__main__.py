@@ -17,19 +17,21 @@ from service.settings import Settings
 
 def main() -> None:
     settings = Settings()
-    if settings.web_concurrency > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(Path("var/prometheus").resolve())
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    mp_dir = settings.prometheus_multiproc_dir
+    if mp_dir is None and settings.web_concurrency > 1:
+        mp_dir = Path("var/prometheus")
+    if mp_dir is not None:
         # Wiped here with the standard library: importing service.metrics would create metric files in a
-        # directory that may not exist yet.
-        mp_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        # directory that may not exist yet. The uvicorn processes read the variable themselves.
+        mp_dir = mp_dir.resolve()
         shutil.rmtree(mp_dir, ignore_errors=True)
         mp_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(mp_dir)
     uvicorn.run(
         "service.main:app_from_env",
         factory=True,
         host=settings.host,
-        port=int(os.environ.get("PORT", settings.port)),
+        port=settings.port,
         workers=settings.web_concurrency,
         proxy_headers=True,
         log_level="info",

@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from jobs import JobStore
+from jobs.storage import Storage
 from service.errors import Unauthorized
-from service.jobs import JobStore
 from service.queue import JobQueue
 from service.settings import Settings
-from service.storage import Storage
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 

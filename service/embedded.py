@@ -22,12 +22,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.jobs import open_store
+from jobs import open_store
 from service.main import create_app
 from service.settings import Settings
 
 HOST = "127.0.0.1"
+
+
+class EmbeddedSettings(BaseSettings):
+    """What the launcher reads before the gateway's `Settings` can exist (they need the dev key)."""
+
+    model_config = SettingsConfigDict(env_prefix="DIFFV2S_", extra="ignore", frozen=True)
+
+    # Broker, job store, storage and the dev key live here.
+    var_dir: Path = Path("var")
+    port: int = Field(default=8000, ge=1, le=65535, validation_alias=AliasChoices("PORT", "DIFFV2S_PORT"))
 
 
 def prepare_env(var: Path) -> str | None:
@@ -77,10 +89,10 @@ class _Server(uvicorn.Server):
 
 
 def main() -> int:
-    var = Path(os.environ.get("DIFFV2S_VAR_DIR", "var")).resolve()
-    dev_key = prepare_env(var)
+    launcher = EmbeddedSettings()
+    dev_key = prepare_env(launcher.var_dir.resolve())
     settings = Settings()
-    port = int(os.environ.get("PORT", "8000"))
+    port = launcher.port
     url = f"http://{HOST}:{port}"
 
     app = create_app(settings)

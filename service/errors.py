@@ -16,9 +16,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from diffv2s import errors as lib
-from service.jobs import StoreUnavailable
+from jobs import StoreUnavailable
+from jobs.storage import StorageUnavailable
 from service.schemas import ErrorResponse
-from service.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,11 @@ class ServiceError(Exception):
     code = "internal_error"
     retry_after = False  # add a Retry-After header (429 / 503)
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.message = message
+        # Fields beside `error` in the body (e.g. the checks of /readyz).
+        self.extra = extra
         if code is not None:
             self.code = code
 
@@ -92,6 +94,8 @@ class BrokerUnavailable(ServiceError):
 
 
 class NotReady(ServiceError):
+    """/readyz: a dependency is down or no worker is live (the body adds `checks` and `workers`)."""
+
     status, code, retry_after = 503, "not_ready", True
 
 
@@ -138,7 +142,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
         headers = dict(retry) if exc.retry_after else {}
         if isinstance(exc, Unauthorized):
             headers["WWW-Authenticate"] = "Bearer"
-        return error_json(exc.status, exc.code, exc.message, headers or None)
+        return error_json(exc.status, exc.code, exc.message, headers or None, **exc.extra)
 
     async def on_library_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, lib.DiffV2SError)

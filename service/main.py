@@ -8,13 +8,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from jobs import open_store, owner_id
+from jobs.storage import open_storage
 from service.api.routes import health, jobs, synthesize
 from service.errors import install_error_handlers
-from service.jobs import open_store, owner_id
 from service.metrics import MetricsMiddleware
 from service.queue import JobQueue
 from service.settings import Settings
-from service.storage import open_storage
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,8 @@ Route labels are route templates (`/v1/jobs/{job_id}`), never ids.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,7 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.jobs import JobStore
+from jobs import JobStore
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -67,13 +65,6 @@ def render(store: JobStore) -> tuple[bytes, str]:
     depth = CollectorRegistry()
     depth.register(QueueDepthCollector(store))
     return body + generate_latest(depth), CONTENT_TYPE_LATEST
-
-
-def reset_multiprocess_dir(path: Path) -> None:
-    """Empty the multiprocess directory: samples of a previous run would be merged in otherwise."""
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
 
 
 class MetricsMiddleware:

@@ -1,36 +1,19 @@
-"""The gateway's side of the Celery queue: publish a job id by task name, check the broker.
-
-The gateway never imports the worker package: it sends `TASK_NAME` by name, with the job id as the
-only argument (and as the Celery task id, so a job is one message).
-"""
+"""The gateway's side of the Celery queue: publish a job id by task name (`jobs.queue`), check the broker."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from celery import Celery
 
-from service.settings import CommonSettings
+from jobs.queue import TASK_NAME, broker_transport_options
+from jobs.settings import CommonSettings
 
 log = logging.getLogger(__name__)
-
-TASK_NAME = "diffv2s.synthesize"
 
 
 class BrokerError(Exception):
     """The broker refused or could not be reached."""
-
-
-def broker_transport_options(settings: CommonSettings) -> dict[str, Any]:
-    """Options both sides must agree on (the Redis visibility timeout above all)."""
-    if settings.broker_url.startswith("sqla+"):
-        return {}  # the SQL transport hands its options to create_engine(); none are needed
-    return {
-        "visibility_timeout": settings.visibility_timeout_s,
-        "socket_timeout": 5,
-        "socket_connect_timeout": 2,
-    }
 
 
 class JobQueue:

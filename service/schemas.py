@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from diffv2s.schemas import MAX_NOISE_SCALE, MAX_STEPS, SynthesisParams
-from service.jobs import JobRecord, JobStatus
+from diffv2s.schemas import (
+    MAX_CFG_SCALE,
+    MAX_GUIDANCE,
+    MAX_NOISE_SCALE,
+    MAX_SEED,
+    MAX_STEPS,
+    SAMPLERS,
+    ResolvedSampling,
+    SynthesisParams,
+)
+from jobs import JobRecord, JobStatus
 
 
 class ErrorBody(BaseModel):
@@ -20,56 +30,69 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-class SynthesisForm(BaseModel):
-    """The form fields of POST /v1/synthesize (besides the `video` file)."""
+# HTTP descriptions of the sampling parameters. Names, types, defaults and bounds are declared once, in
+# `diffv2s.schemas.SynthesisParams` (bounds checked by its `validate`); the models below derive from it.
+_PARAM_DOCS = {
+    "sampler": "Sampler (DDIM, DPM-Solver++ 2M, DDPM); default: the model's.",
+    "steps": "Denoiser calls; default: the model's.",
+    "seed": "Noise seed: same seed and video give the same audio.",
+    "guidance": "Speaker-guidance scale; 0 = off.",
+    "cfg_scale": "Classifier-free guidance scale (1 = off); default: the model's.",
+    "noise_scale": "Scale of the sampler's starting noise (1 = N(0, I); lower samples nearer the most "
+    "likely spectrogram); default: the model's.",
+}
+_BOUNDS: dict[str, dict[str, Any]] = {
+    "sampler": {},
+    "steps": {"ge": 1, "le": MAX_STEPS},
+    "seed": {"ge": 0, "le": MAX_SEED},
+    "guidance": {"ge": 0.0, "le": MAX_GUIDANCE},
+    "cfg_scale": {"ge": 0.0, "le": MAX_CFG_SCALE},
+    "noise_scale": {"ge": 0.0, "le": MAX_NOISE_SCALE},
+}
+_PARAM_TYPES = get_type_hints(SynthesisParams)
+_PARAM_FIELDS = [f.name for f in dataclasses.fields(SynthesisParams)]
+assert set(_PARAM_FIELDS) == set(_PARAM_DOCS) == set(_BOUNDS), "document every sampling parameter"
+
+
+def _param_type(name: str) -> Any:
+    if name == "sampler":  # a closed set in the schema, so clients (and fuzzers) see the choices
+        return Literal[SAMPLERS] | None  # type: ignore[valid-type]
+    return _PARAM_TYPES[name]
+
+
+class SynthesisFormBase(BaseModel):
+    """What every synthesis form has besides the sampling parameters (`SynthesisForm` adds those)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    sampler: Literal["ddpm", "ddim", "dpmpp"] | None = Field(
-        default=None, description="Sampler (DDIM, DPM-Solver++ 2M, DDPM); default: the model's."
-    )
-    steps: int | None = Field(
-        default=None, ge=1, le=MAX_STEPS, description="Denoiser calls; default: the model's."
-    )
-    seed: int = Field(
-        default=0, ge=0, lt=2**63, description="Noise seed: same seed and video give the same audio."
-    )
-    guidance: float = Field(default=0.0, ge=0.0, le=100.0, description="Speaker-guidance scale; 0 = off.")
-    cfg_scale: float | None = Field(
-        default=None,
-        ge=0.0,
-        le=20.0,
-        description="Classifier-free guidance scale (1 = off); default: the model's.",
-    )
-    noise_scale: float | None = Field(
-        default=None,
-        ge=0.0,
-        le=MAX_NOISE_SCALE,
-        description="Scale of the sampler's starting noise (1 = N(0, I); lower samples nearer the most "
-        "likely spectrogram); default: the model's.",
-    )
     output: Literal["wav", "mp4"] = Field(
         default="wav", description="`mp4` also returns the video with the new audio."
     )
 
     def params(self) -> SynthesisParams:
-        return SynthesisParams(
-            sampler=self.sampler,
-            steps=self.steps,
-            seed=self.seed,
-            guidance=self.guidance,
-            cfg_scale=self.cfg_scale,
-            noise_scale=self.noise_scale,
-        ).validate()
+        return SynthesisParams.from_dict(self.model_dump(include=set(_PARAM_FIELDS))).validate()
 
 
-class JobParams(BaseModel):
-    sampler: str | None
-    steps: int | None
-    seed: int
-    guidance: float
-    cfg_scale: float | None
-    noise_scale: float | None = None  # absent from jobs queued before the field existed
+_DEFAULTS = SynthesisParams()
+_form_fields: dict[str, Any] = {
+    name: (
+        _param_type(name),
+        Field(default=getattr(_DEFAULTS, name), description=_PARAM_DOCS[name], **_BOUNDS[name]),
+    )
+    for name in _PARAM_FIELDS
+}
+# The form fields of POST /v1/synthesize (besides the `video` file).
+SynthesisForm = create_model("SynthesisForm", __base__=SynthesisFormBase, **_form_fields)
+
+# A job's requested parameters as clients read them back (None = the checkpoint's default).
+_job_param_fields: dict[str, Any] = {
+    name: (_PARAM_TYPES[name], Field(default=getattr(_DEFAULTS, name))) for name in _PARAM_FIELDS
+}
+JobParams = create_model("JobParams", **_job_param_fields)
+
+# The settings a job really ran with: every default resolved from the checkpoint.
+_sampling_fields: dict[str, Any] = {name: (t, ...) for name, t in get_type_hints(ResolvedSampling).items()}
+JobSampling = create_model("JobSampling", **_sampling_fields)
 
 
 class Progress(BaseModel):
@@ -92,7 +115,11 @@ class Job(BaseModel):
     finished_at: datetime | None = None
     expires_at: datetime | None = Field(default=None, description="When the result will be removed.")
     output: Literal["wav", "mp4"]
-    params: JobParams
+    params: JobParams = Field(description="What the request asked for (null: the model's default).")  # type: ignore[valid-type]
+    sampling: JobSampling | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="The settings the model really ran with, defaults resolved (once the job succeeded).",
+    )
     progress: Progress | None = None
     timings: dict[str, float] | None = Field(default=None, description="Seconds per stage of the model.")
     batch_size: int | None = Field(
@@ -108,7 +135,7 @@ class Job(BaseModel):
         status = JobStatus.EXPIRED if job.is_expired() else job.status
         base = f"/v1/jobs/{job.id}"
         urls = JobUrls(job=base)
-        if status == JobStatus.QUEUED:
+        if status in (JobStatus.QUEUED, JobStatus.PREPARING):
             urls.cancel = f"{base}/cancel"
         if status == JobStatus.SUCCEEDED:
             urls.audio = f"{base}/audio"
@@ -123,6 +150,7 @@ class Job(BaseModel):
             expires_at=_dt(job.expires_at),
             output=job.output,  # type: ignore[arg-type]
             params=JobParams(**job.params),
+            sampling=JobSampling(**job.sampling) if job.sampling else None,
             progress=Progress(**job.progress) if job.progress else None,
             timings=job.timings,
             batch_size=job.batch_size,

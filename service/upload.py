@@ -17,8 +17,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
+from jobs.storage import Storage, input_key
 from service.errors import BadRequest, NotMultipart, UploadTooLarge
-from service.storage import Storage, input_key
 
 FILE_FIELD = "video"
 MAX_FIELDS = 16

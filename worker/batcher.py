@@ -7,9 +7,13 @@ item's own failure is its result (or exception) alone. If the whole batch call r
 retried alone, so one poisonous item cannot fail its neighbours.
 
 `admit(item_id)` is asked for each item as its batch forms (the worker uses it to move the job from
-queued to running in the job store; a job canceled meanwhile is dropped there). `cancel(item_id)`
+preparing to running in the job store; a job canceled meanwhile is dropped there). `cancel(item_id)`
 removes an item that is still queued. `shutdown()` finishes the batch in flight and fails the items
 still queued with `ShuttingDown`, so their tasks can hand them back to the broker.
+
+Liveness: the model thread calls `tick()` every `tick_s` while idle and between batches, and the batch
+function may call it while it works (the worker does, at every sampling step). `seconds_since_tick()`
+is then a live signal: a wedged model thread stops ticking, however the process looks from outside.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ class DynamicBatcher(Generic[P, R]):
         admit: Callable[[str], bool] | None = None,
         on_batch: Callable[[int, float], None] | None = None,
         name: str = "batcher",
+        tick_s: float = 1.0,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -79,7 +84,20 @@ class DynamicBatcher(Generic[P, R]):
         self._cond = threading.Condition()
         self._stopping = False
         self._in_flight: list[str] = []
+        self._tick_s = tick_s
+        self._last_tick = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    # ---------------------------------------------------------------------------------- liveness
+    def tick(self) -> None:
+        """The model thread is alive and making progress (called from the model thread)."""
+        self._last_tick = time.monotonic()
+
+    def seconds_since_tick(self) -> float:
+        return time.monotonic() - self._last_tick
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     # ------------------------------------------------------------------------------ task-thread API
     def start(self) -> DynamicBatcher[P, R]:
@@ -131,7 +149,8 @@ class DynamicBatcher(Generic[P, R]):
     def _take_batch(self) -> list[_Item[P, R]] | None:
         with self._cond:
             while not self._queue and not self._stopping:
-                self._cond.wait()
+                self._cond.wait(self._tick_s)
+                self.tick()
             if self._stopping:
                 return None
             # Wait for a full batch, but never longer than the delay counted from the oldest item.
@@ -152,6 +171,7 @@ class DynamicBatcher(Generic[P, R]):
 
     def _loop(self) -> None:
         while True:
+            self.tick()
             batch = self._take_batch()
             if batch is None:
                 return

@@ -17,7 +17,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from service.queue import broker_transport_options
+from jobs.queue import broker_transport_options
 from worker import metrics
 from worker.settings import WorkerSettings
 

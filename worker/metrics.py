@@ -33,6 +33,10 @@ JOBS_IN_PROGRESS = Gauge(
 )
 WORKER_UP = Gauge("diffv2s_worker_up", "1 while the worker is consuming jobs")
 MODEL_LOADED = Gauge("diffv2s_model_loaded", "1 once the model is loaded and warmed up")
+MODEL_LIVE = Gauge(
+    "diffv2s_model_live",
+    "1 while the model thread is live (it ticked within DIFFV2S_MODEL_STALL_S); the healthcheck reads it",
+)
 ENGINE_INFO = Gauge("diffv2s_engine_info", "The inference engine of this worker (value 1)", ["engine"])
 
 STAGES = ("preprocess", "encoder", "speaker", "sampling", "vocoder")

@@ -2,7 +2,9 @@
 
 `ModelRuntime` owns the Synthesizer, the batcher (one model thread) and a heartbeat thread. The
 heartbeat is what the gateway's /readyz counts as a live worker, so it starts only after the warmup
-ran a batch end to end. The heartbeat thread also runs the retention janitor.
+ran a batch end to end, and it is written only while the model thread itself is live (it ticks while
+idle and at every sampling step; see `model_live`). The heartbeat thread also runs the retention
+janitor.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import time
 from typing import Any
 
 from diffv2s.schemas import SynthesisRequest, SynthesisResult
-from service.jobs import JobStatus, JobStore, open_store
-from service.storage import Storage, open_storage
+from jobs import JobStore, lifecycle, open_store
+from jobs.storage import Storage, open_storage
 from worker import metrics
 from worker.batcher import DynamicBatcher
 from worker.settings import WorkerSettings
@@ -42,6 +44,7 @@ class ModelRuntime:
             admit=self._admit,
             on_batch=lambda size, _elapsed: metrics.BATCH_SIZE.observe(size),
             name="diffv2s-model",
+            tick_s=min(1.0, settings.heartbeat_interval_s),
         )
         self.started_at = 0.0
         self._stop = threading.Event()
@@ -49,6 +52,7 @@ class ModelRuntime:
         self._lock = threading.Lock()
         self._loaded = False
         self._beating = False
+        self._stalled = False
 
     # ---------------------------------------------------------------------------------- lifecycle
     def load(self) -> ModelRuntime:
@@ -71,6 +75,7 @@ class ModelRuntime:
             self.info = dict(self.synth.info)
             log.info("model loaded and warmed up in %.1f s: %s", time.perf_counter() - t0, self.info)
             metrics.MODEL_LOADED.set(1)
+            metrics.MODEL_LIVE.set_function(lambda: 1.0 if self.model_live() else 0.0)
             metrics.ENGINE_INFO.labels(str(self.info.get("engine", s.engine))).set(1)
             metrics.track_gpu_memory()
             self.batcher.start()
@@ -87,6 +92,10 @@ class ModelRuntime:
         self._heartbeat.start()
         metrics.WORKER_UP.set(1)
 
+    def model_live(self) -> bool:
+        """The model thread runs and ticked within `model_stall_s` (idle, between batches or per step)."""
+        return self.batcher.alive() and self.batcher.seconds_since_tick() <= self.settings.model_stall_s
+
     def begin_shutdown(self) -> None:
         """Warm shutdown: the batch in flight finishes; queued items go back to the broker."""
         threading.Thread(target=self.batcher.shutdown, name="diffv2s-batcher-stop", daemon=True).start()
@@ -102,17 +111,8 @@ class ModelRuntime:
 
     # ------------------------------------------------------------------------------- model thread
     def _admit(self, job_id: str) -> bool:
-        """queued -> running in the store; False (drop the item) if the job was canceled meanwhile."""
-        job = self.store.transition(
-            job_id,
-            {JobStatus.QUEUED},
-            {
-                "status": JobStatus.RUNNING,
-                "started_at": time.time(),
-                "worker": self.worker_id,
-                "progress": None,
-            },
-        )
+        """preparing -> running in the store; False (drop the item) if the job was canceled meanwhile."""
+        job = lifecycle.start(self.store, job_id)
         if job is None:
             return False
         assert job.started_at is not None
@@ -124,6 +124,7 @@ class ModelRuntime:
         last = [0.0]
 
         def progress(step: int, total: int) -> None:
+            self.batcher.tick()  # every sampling step proves the model thread is making progress
             t = time.monotonic()
             if step < total and t - last[0] < self.settings.progress_interval_s:
                 return
@@ -146,6 +147,21 @@ class ModelRuntime:
 
     # --------------------------------------------------------------------------- heartbeat thread
     def _beat(self) -> None:
+        """Refresh this worker's heartbeat, only while its model thread is live: a wedged model thread
+        stops the heartbeat, so /readyz and the queue stop counting this worker."""
+        if not self.model_live():
+            if not self._stalled:
+                log.error(
+                    "the model thread has not ticked for %.0f s (limit %.0f s); withdrawing the heartbeat",
+                    self.batcher.seconds_since_tick(),
+                    self.settings.model_stall_s,
+                )
+            self._stalled = True
+            self.store.remove_worker(self.worker_id)
+            return
+        if self._stalled:
+            log.warning("the model thread is live again; heartbeat restored")
+            self._stalled = False
         st = self.batcher.stats
         info = {
             "id": self.worker_id,
@@ -195,7 +211,7 @@ def expire_results(store: JobStore, storage: Storage, settings: WorkerSettings) 
         for key in (job.audio_key, job.video_key):
             if key:
                 storage.delete(key)
-        if store.transition(job.id, {JobStatus.SUCCEEDED}, {"status": JobStatus.EXPIRED}) is not None:
+        if lifecycle.expire(store, job.id) is not None:
             n += 1
     store.purge_records(now - settings.result_ttl_s - settings.record_ttl_s)
     storage.sweep_scratch(older_than_s=2 * settings.task_time_limit_s)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from service.settings import CommonSettings
+from jobs.settings import CommonSettings
 
 
 class WorkerSettings(CommonSettings):
@@ -27,6 +27,9 @@ class WorkerSettings(CommonSettings):
     # Prometheus endpoint of this worker (0 = off).
     metrics_port: int = Field(default=0, ge=0, le=65535)
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    # The model thread is wedged (heartbeat withdrawn, healthcheck fails) when it has not ticked this
+    # long: it ticks every second while idle and at every sampling step of a batch.
+    model_stall_s: float = Field(default=120.0, gt=0)
     janitor_interval_s: float = Field(default=60.0, gt=0)
     # How often a task waiting in the batcher checks whether its job was canceled.
     cancel_poll_s: float = Field(default=0.5, gt=0)
@@ -34,9 +37,14 @@ class WorkerSettings(CommonSettings):
     progress_interval_s: float = Field(default=0.25, ge=0)
     # Set by a launcher (the embedded mode): the worker shuts down when that process is gone.
     parent_pid: int = Field(default=0, ge=0)
+    # Tests only: the task thread waits this long after claiming a job, before it reads the input, so
+    # a test can cancel a job in the preparing state deterministically. Refused in prod.
+    test_hold_prepared_s: float = Field(default=0.0, ge=0, le=60)
 
     @model_validator(mode="after")
     def _check_worker(self) -> WorkerSettings:
+        if self.environment == "prod" and self.test_hold_prepared_s:
+            raise ValueError("DIFFV2S_TEST_HOLD_PREPARED_S is a test hook; it must be 0 in prod")
         if self.heartbeat_interval_s * 2 > self.heartbeat_ttl_s:
             raise ValueError("DIFFV2S_HEARTBEAT_TTL_S must be at least twice DIFFV2S_HEARTBEAT_INTERVAL_S")
         return self

@@ -1,5 +1,10 @@
 """The synthesize task: one job id in, the job record and result files out.
 
+The task thread claims the job (queued -> preparing) before it touches the input, decodes the video,
+and hands the item to the batcher, whose model thread starts it (preparing -> running). A cancel that
+arrives while the job is preparing is cooperative: `start` then fails, and this worker, the one holder
+of the input, drops the job and deletes the input (see `jobs.lifecycle`).
+
 Idempotent: a job already finished is skipped, results are keyed by job id and renamed into place, so
 a redelivered message cannot duplicate or corrupt a result. Input errors fail the job with the
 library's {code, message} and are never retried; nothing a client uploads can kill the worker.
@@ -19,9 +24,9 @@ from celery.exceptions import Reject
 
 from diffv2s.errors import DiffV2SError
 from diffv2s.schemas import SynthesisParams, SynthesisRequest, SynthesisResult
-from service.jobs import TERMINAL, JobRecord, JobStatus
-from service.queue import TASK_NAME
-from service.storage import Storage, audio_key, video_key
+from jobs import TERMINAL, JobRecord, JobStatus, lifecycle
+from jobs.queue import TASK_NAME
+from jobs.storage import Storage, audio_key, video_key
 from worker import metrics
 from worker.batcher import Canceled, ShuttingDown
 from worker.celery_app import app
@@ -50,11 +55,7 @@ def _finish_metrics(job: JobRecord, outcome: str) -> None:
 
 
 def fail_job(rt: ModelRuntime, job: JobRecord, code: str, message: str) -> None:
-    done = rt.store.transition(
-        job.id,
-        {JobStatus.QUEUED, JobStatus.RUNNING},
-        {"status": JobStatus.FAILED, "finished_at": time.time(), "error": {"code": code, "message": message}},
-    )
+    done = lifecycle.fail(rt.store, job.id, code, message)
     rt.storage.delete(job.input_key)
     if done is not None:
         _finish_metrics(done, "failed")
@@ -67,18 +68,15 @@ def succeed_job(rt: ModelRuntime, job: JobRecord, result: SynthesisResult) -> No
     if job.output == "mp4" and result.mp4_path is not None:
         rt.storage.put_file(video_key(job.id), Path(result.mp4_path))
         changes["video_key"] = video_key(job.id)
-    finished = time.time()
     changes |= {
-        "status": JobStatus.SUCCEEDED,
-        "finished_at": finished,
-        "expires_at": finished + rt.settings.result_ttl_s,
         "audio_key": audio_key(job.id),
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
         "batch_size": result.batch_size,
         "audio_seconds": round(result.audio_seconds, 4),
         "video_seconds": round(result.video_seconds, 4) if result.video_seconds else job.video_seconds,
+        "sampling": result.sampling or None,
     }
-    done = rt.store.transition(job.id, {JobStatus.RUNNING}, changes)
+    done = lifecycle.succeed(rt.store, job.id, rt.settings.result_ttl_s, changes)
     rt.storage.delete(job.input_key)
     if done is None:
         log.warning("job %s was no longer running when its result was ready", job.id)
@@ -107,6 +105,14 @@ def _wait(rt: ModelRuntime, job_id: str, request: SynthesisRequest) -> Synthesis
                 rt.batcher.cancel(job_id)  # if it just started instead, admission refuses it
 
 
+def _drop_canceled(rt: ModelRuntime, job: JobRecord) -> str:
+    """A job canceled while this worker held it: the input is ours to delete; no error, no retry."""
+    metrics.JOBS_FINISHED.labels("canceled").inc()
+    rt.storage.delete(job.input_key)
+    log.info("job %s was canceled while it was being prepared", job.id)
+    return "canceled"
+
+
 def run_job(rt: ModelRuntime, job_id: str) -> str:
     """Process one job; returns the outcome (for logs and tests)."""
     job = rt.store.get(job_id)
@@ -116,23 +122,25 @@ def run_job(rt: ModelRuntime, job_id: str) -> str:
     if job.status in TERMINAL:
         if job.status == JobStatus.CANCELED:  # canceled by the client while its message waited
             metrics.JOBS_FINISHED.labels("canceled").inc()
+            # A cooperative cancel whose worker died before cleaning up leaves the input to this one.
+            rt.storage.delete(job.input_key)
         return f"skipped:{job.status}"
-    if job.status == JobStatus.RUNNING:
-        # Redelivered after its worker died mid-batch: start it again, a bounded number of times.
+    if job.status in lifecycle.HELD:
+        # Redelivered after its worker died holding it: start it again, a bounded number of times.
         attempts = job.attempts + 1
         if attempts >= MAX_ATTEMPTS:
             fail_job(rt, job, "worker_lost", f"the job was interrupted {attempts} times; giving up")
             return "failed"
-        back = rt.store.transition(
-            job.id, {JobStatus.RUNNING}, {"status": JobStatus.QUEUED, "attempts": attempts, "progress": None}
-        )
-        if back is None:
+        if lifecycle.requeue(rt.store, job.id, attempts) is None:
             return "skipped:raced"
-        job = back
+    claimed = lifecycle.claim(rt.store, job.id, rt.worker_id)
+    if claimed is None:  # canceled (or taken) between the read above and the claim
+        return "skipped:raced"
+    job = claimed
 
     request = SynthesisRequest(
         video=rt.storage.local_path(job.input_key),
-        params=SynthesisParams(**job.params),
+        params=SynthesisParams.from_dict(job.params),
         output="mp4" if job.output == "mp4" else "wav",
         mp4_path=rt.storage.scratch_path(".mp4") if job.output == "mp4" else None,
         request_id=job.id,
@@ -141,12 +149,12 @@ def run_job(rt: ModelRuntime, job_id: str) -> str:
     try:
         # Preprocessing (decode + landmarks) runs here in the task thread, in parallel with the batch
         # the model thread is running; only model work goes through the batcher.
+        if rt.settings.test_hold_prepared_s:
+            time.sleep(rt.settings.test_hold_prepared_s)  # widens the cancel window for a test
         rt.synth.prepare(request)
         result = _wait(rt, job.id, request)
     except Canceled:
-        metrics.JOBS_FINISHED.labels("canceled").inc()
-        rt.storage.delete(job.input_key)
-        return "canceled"
+        return _drop_canceled(rt, job)
     except ShuttingDown:
         raise Reject("worker shutting down", requeue=True) from None
     except TimeoutError as exc:

@@ -5,8 +5,9 @@
     diffv2s-healthcheck URL                 # healthy when URL answers 2xx
     diffv2s-healthcheck URL METRIC          # ... and the Prometheus text at URL has METRIC >= 1
 
-A worker is healthy only once `diffv2s_model_loaded` is 1: a replica still building engines or loading
-weights is "starting", so `docker compose ps` and the orchestrator do not count it as capacity.
+A worker is healthy only while `diffv2s_model_live` is 1: it is 0 while a replica still builds engines
+or loads weights (so `docker compose ps` and the orchestrator do not count it as capacity), and it falls
+back to 0 when the model thread stops ticking (wedged), however alive the process looks.
 Exit status: 0 healthy, 1 unhealthy (Docker's convention).
 """
 
@@ -69,7 +70,7 @@ def default_target() -> tuple[str, str | None] | None:
         return f"http://127.0.0.1:{os.environ.get('DIFFV2S_PORT', '8000')}/healthz", None
     if role == "worker":
         port = os.environ.get("DIFFV2S_METRICS_PORT", "9101")
-        return f"http://127.0.0.1:{port}/metrics", "diffv2s_model_loaded"
+        return f"http://127.0.0.1:{port}/metrics", "diffv2s_model_live"
     return None
 
 

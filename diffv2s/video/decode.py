@@ -84,15 +84,6 @@ class DecodedVideo:
         return int(self.frames.shape[0])
 
 
-def _friendly(format_name: str) -> str:
-    names = set(format_name.split(","))
-    if "mp4" in names:
-        return "MP4/MOV"
-    if "matroska" in names:
-        return "Matroska/WebM"
-    return format_name.split(",")[0].upper()
-
-
 def _too_long_message(duration: float, cfg: VideoConfig) -> str:
     return (
         f"The video is {duration:.1f} s long; the limit is {cfg.max_seconds:g} s. "

@@ -196,21 +196,21 @@ def healthcheck(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
     )
 
 
-def test_worker_is_healthy_only_with_its_model_loaded(metrics_server: tuple[str, type[_Metrics]]) -> None:
+def test_worker_is_healthy_only_with_its_model_live(metrics_server: tuple[str, type[_Metrics]]) -> None:
     url, handler = metrics_server
     handler.body = (
-        b"# HELP diffv2s_model_loaded_total_x decoy\n"
-        b"diffv2s_model_loaded_total_x 1.0\n"
-        b"# TYPE diffv2s_model_loaded gauge\n"
-        b"diffv2s_model_loaded 0.0\n"
+        b"# HELP diffv2s_model_live_total_x decoy\n"
+        b"diffv2s_model_live_total_x 1.0\n"
+        b"# TYPE diffv2s_model_live gauge\n"
+        b"diffv2s_model_live 0.0\n"
     )
-    loading = healthcheck(f"{url}/metrics", "diffv2s_model_loaded")
+    loading = healthcheck(f"{url}/metrics", "diffv2s_model_live")
     assert loading.returncode == 1, loading.stdout
-    handler.body = b'diffv2s_model_loaded{engine="torch"} 1.0\n'
-    ready = healthcheck(f"{url}/metrics", "diffv2s_model_loaded")
+    handler.body = b'diffv2s_model_live{engine="torch"} 1.0\n'
+    ready = healthcheck(f"{url}/metrics", "diffv2s_model_live")
     assert ready.returncode == 0, ready.stdout
     handler.body = b"diffv2s_worker_up 1.0\n"
-    missing = healthcheck(f"{url}/metrics", "diffv2s_model_loaded")
+    missing = healthcheck(f"{url}/metrics", "diffv2s_model_live")
     assert missing.returncode == 1 and "not exposed" in missing.stdout
 
 
@@ -232,9 +232,9 @@ def test_healthcheck_without_arguments_probes_the_recorded_role(
     env = {"DIFFV2S_ROLE_FILE": str(role), "DIFFV2S_PORT": port, "DIFFV2S_METRICS_PORT": port}
     assert healthcheck(env=env).returncode == 0  # no role recorded (e.g. a one-off export run)
     role.write_text("worker\n")
-    handler.body = b"diffv2s_model_loaded 0.0\n"
+    handler.body = b"diffv2s_model_live 0.0\n"
     assert healthcheck(env=env).returncode == 1
-    handler.body = b"diffv2s_model_loaded 1.0\n"
+    handler.body = b"diffv2s_model_live 1.0\n"
     assert healthcheck(env=env).returncode == 0
     role.write_text("gateway\n")
     handler.body = b"ok"

@@ -5,6 +5,7 @@ video. A missing Redis fails the tests; it is never a skip.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -12,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 import redis
 
-from service.jobs.redis_store import RedisJobStore
+from jobs.redis_store import RedisJobStore
 
 REPO = Path(__file__).resolve().parents[2]
 BROKER_DB, STORE_DB = 14, 15
@@ -38,18 +39,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def redis_base() -> str:
-    base = os.environ.get("DIFFV2S_TEST_REDIS", "redis://127.0.0.1:6379")
-    try:
-        redis.Redis.from_url(f"{base}/{BROKER_DB}", socket_connect_timeout=2).ping()
-    except redis.RedisError as exc:
-        pytest.fail(
-            f"the e2e tests need a real Redis at {base} (set DIFFV2S_TEST_REDIS): {exc}", pytrace=False
-        )
-    return base
 
 
 @pytest.fixture(scope="session")
@@ -196,13 +185,13 @@ def wait_until(check, timeout: float, what: str, procs: list[Proc]) -> None:  # 
     pytest.fail(f"timed out waiting for {what}\n" + "\n".join(p.tail() for p in procs))
 
 
-@pytest.fixture(scope="module")
-def cluster(
-    redis_base: str, checkpoint: Path | None, tmp_path_factory: pytest.TempPathFactory
+@contextlib.contextmanager
+def launch_cluster(
+    redis_base: str, checkpoint: Path | None, root: Path, n_workers: int, worker_env: dict[str, str]
 ) -> Iterator[Cluster]:
+    """A real uvicorn gateway and `n_workers` real Celery worker processes on a flushed Redis."""
     for db in (BROKER_DB, STORE_DB):
         redis.Redis.from_url(f"{redis_base}/{db}").flushdb()
-    root = tmp_path_factory.mktemp("cluster")
     storage = root / "storage"
     env = base_env(redis_base, storage, checkpoint)
     port = free_port()
@@ -214,14 +203,8 @@ def cluster(
         port,
     )
     workers = []
-    for i in range(2):
-        wenv = env | {
-            "DIFFV2S_MAX_BATCH_SIZE": "4",
-            # More task threads than a batch holds: some jobs wait in the batcher (see the shutdown test).
-            "DIFFV2S_CONCURRENCY": "6",
-            "DIFFV2S_MAX_QUEUE_DELAY_MS": "300",
-            "DIFFV2S_METRICS_PORT": str(free_port()),
-        }
+    for i in range(n_workers):
+        wenv = env | {"DIFFV2S_METRICS_PORT": str(free_port())} | worker_env
         w = start(
             f"worker{i}",
             [
@@ -252,12 +235,40 @@ def cluster(
             return False
 
     procs = [gateway, *workers]
-    wait_until(gateway_up, 60, "the gateway", procs)
-    wait_until(lambda: len(store.live_workers()) == 2, 180, "two worker heartbeats", procs)
-    c = Cluster(url, gateway, workers, store, storage)
-    yield c
-    for p in procs:
-        stop(p)
-    store.close()
-    for db in (BROKER_DB, STORE_DB):
-        redis.Redis.from_url(f"{redis_base}/{db}").flushdb()
+    try:
+        wait_until(gateway_up, 60, "the gateway", procs)
+        wait_until(lambda: len(store.live_workers()) == n_workers, 180, "the worker heartbeats", procs)
+        yield Cluster(url, gateway, workers, store, storage)
+    finally:
+        for p in procs:
+            stop(p)
+        store.close()
+        for db in (BROKER_DB, STORE_DB):
+            redis.Redis.from_url(f"{redis_base}/{db}").flushdb()
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    redis_base: str, checkpoint: Path | None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    worker_env = {
+        "DIFFV2S_MAX_BATCH_SIZE": "4",
+        # More task threads than a batch holds: some jobs wait in the batcher (see the shutdown test).
+        "DIFFV2S_CONCURRENCY": "6",
+        "DIFFV2S_MAX_QUEUE_DELAY_MS": "300",
+    }
+    with launch_cluster(redis_base, checkpoint, tmp_path_factory.mktemp("cluster"), 2, worker_env) as c:
+        yield c
+
+
+@dataclass(frozen=True)
+class ClusterTools:
+    """What a test module needs to start a cluster of its own (conftest modules are not importable)."""
+
+    launch: Callable[..., contextlib.AbstractContextManager[Cluster]]
+    wait_until: Callable[..., None]
+
+
+@pytest.fixture(scope="session")
+def cluster_tools() -> ClusterTools:
+    return ClusterTools(launch=launch_cluster, wait_until=wait_until)

@@ -13,10 +13,10 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.jobs import JobStatus
-from service.jobs.redis_store import RedisJobStore
+from jobs import JobStatus
+from jobs.redis_store import RedisJobStore
+from jobs.storage import LocalStorage, audio_key
 from service.settings import Settings
-from service.storage import LocalStorage, audio_key
 
 pytestmark = pytest.mark.anyio
 
@@ -329,7 +329,7 @@ async def test_cancel_rules(
     assert store.queued_count() == 0
 
     running = (await submit(client, media["video"])).json()["id"]
-    assert store.transition(
+    assert store.compare_and_set(
         running, {JobStatus.QUEUED}, {"status": JobStatus.RUNNING, "started_at": time.time()}
     )
     assert_error(await client.post(f"/v1/jobs/{running}/cancel"), 409, "job_not_cancelable")
@@ -348,10 +348,10 @@ async def test_downloads_follow_the_job_state(
     with LocalStorage(settings.storage_dir).writer(audio_key(job_id)) as f:
         f.write(wav)
     now = time.time()
-    store.transition(job_id, {JobStatus.QUEUED}, {"status": JobStatus.RUNNING, "started_at": now})
+    store.compare_and_set(job_id, {JobStatus.QUEUED}, {"status": JobStatus.RUNNING, "started_at": now})
     store.set_progress([job_id], 2, 4)
     assert (await client.get(f"/v1/jobs/{job_id}")).json()["progress"] == {"step": 2, "total": 4}
-    store.transition(
+    store.compare_and_set(
         job_id,
         {JobStatus.RUNNING},
         {
@@ -374,7 +374,7 @@ async def test_downloads_follow_the_job_state(
     assert audio.content == wav
 
     # Past its expiry the result reads as expired (410) even before the janitor removed it.
-    store.transition(job_id, {JobStatus.SUCCEEDED}, {"expires_at": time.time() - 1})
+    store.compare_and_set(job_id, {JobStatus.SUCCEEDED}, {"expires_at": time.time() - 1})
     assert (await client.get(f"/v1/jobs/{job_id}")).json()["status"] == "expired"
     assert_error(await client.get(f"/v1/jobs/{job_id}/audio"), 410, "result_expired")
 

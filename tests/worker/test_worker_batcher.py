@@ -63,25 +63,44 @@ def test_items_from_many_threads_are_batched() -> None:
     b.shutdown(5)
 
 
-def test_a_lone_item_waits_for_the_delay_and_no_longer() -> None:
+def test_a_lone_item_waits_for_company_within_the_delay() -> None:
+    # No wall-clock window: an item that arrives while the first one waits joins its batch.
     run = Recorder()
-    b = DynamicBatcher(run, max_batch_size=8, max_queue_delay_ms=150).start()
-    t0 = time.monotonic()
-    assert b.submit("a", 1).result(5) == 2
-    waited = time.monotonic() - t0
-    assert 0.14 <= waited < 1.0
+    b = DynamicBatcher(run, max_batch_size=8, max_queue_delay_ms=2000).start()
+    f1 = b.submit("a", 1)
+    f2 = b.submit("b", 2)
+    assert (f1.result(10), f2.result(10)) == (2, 4)
+    assert run.batches == [[1, 2]]
+    b.shutdown(5)
+
+
+def test_a_lone_item_runs_alone_once_the_delay_ends() -> None:
+    run = Recorder()
+    b = DynamicBatcher(run, max_batch_size=8, max_queue_delay_ms=50).start()
+    assert b.submit("a", 1).result(10) == 2  # nobody else ever comes: the delay alone releases it
     assert run.batches == [[1]]
     b.shutdown(5)
 
 
 def test_a_full_batch_does_not_wait_for_the_delay() -> None:
     run = Recorder()
-    b = DynamicBatcher(run, max_batch_size=2, max_queue_delay_ms=5000).start()
-    t0 = time.monotonic()
+    # A delay far beyond the futures' timeout: only a full batch can be released in time.
+    b = DynamicBatcher(run, max_batch_size=2, max_queue_delay_ms=600_000).start()
     f1, f2 = b.submit("a", 1), b.submit("b", 2)
-    assert (f1.result(5), f2.result(5)) == (2, 4)
-    assert time.monotonic() - t0 < 2.0
+    assert (f1.result(10), f2.result(10)) == (2, 4)
+    assert run.batches == [[1, 2]]
     b.shutdown(5)
+
+
+def test_an_idle_model_thread_keeps_ticking() -> None:
+    b = DynamicBatcher(Recorder(), max_batch_size=2, max_queue_delay_ms=10, tick_s=0.05).start()
+    first = b.seconds_since_tick()
+    time.sleep(0.3)
+    # Idle for six tick periods, yet its last tick is recent: the wait loop itself ticks.
+    assert b.seconds_since_tick() < 0.3 + first
+    assert b.alive()
+    b.shutdown(5)
+    assert not b.alive()
 
 
 def test_an_item_failure_fails_that_item_only() -> None:

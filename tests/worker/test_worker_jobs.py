@@ -10,9 +10,9 @@ import wave
 import numpy as np
 import pytest
 
-from service.jobs import JobRecord, JobStatus
-from service.jobs.redis_store import RedisJobStore
-from service.storage import LocalStorage, audio_key, input_key, video_key
+from jobs import JobRecord, JobStatus
+from jobs.redis_store import RedisJobStore
+from jobs.storage import LocalStorage, audio_key, input_key, video_key
 from worker import metrics
 from worker.celery_app import app
 from worker.model import ModelRuntime, expire_results
@@ -96,7 +96,7 @@ def test_janitor_expires_results_and_keeps_the_record(store: RedisJobStore, stor
         for key in (audio_key(j.id), video_key(j.id)):
             with storage.writer(key) as f:
                 f.write(b"result")
-        store.transition(
+        store.compare_and_set(
             j.id,
             {JobStatus.RUNNING},
             {

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import metrics
 from service.deps import QueueDep, SettingsDep, StorageDep, StoreDep
+from service.errors import NotReady
 from service.schemas import Health, NotReadyResponse, Readiness
 
 router = APIRouter(tags=["health"])
@@ -24,7 +24,9 @@ def healthz() -> Health:
     responses={503: {"model": NotReadyResponse, "description": "A dependency is down or no worker is live."}},
     summary="Broker, job store and storage reachable, and at least one worker live",
 )
-def readyz(store: StoreDep, storage: StorageDep, queue: QueueDep) -> Response:
+def readyz(store: StoreDep, storage: StorageDep, queue: QueueDep) -> Readiness:
+    """A worker counts as live while its heartbeat is fresh, and a worker writes its heartbeat only
+    while its model thread is live (`worker.model.ModelRuntime.model_live`), not merely loaded."""
     checks: dict[str, str] = {}
     for name, check in (("broker", queue.ping), ("store", store.ping), ("storage", storage.ping)):
         try:
@@ -41,13 +43,8 @@ def readyz(store: StoreDep, storage: StorageDep, queue: QueueDep) -> Response:
     checks["workers"] = "ok" if workers > 0 else "error: no live worker heartbeat"
     failed = [k for k, v in checks.items() if v != "ok"]
     if failed:
-        body = {
-            "error": {"code": "not_ready", "message": f"not ready: {', '.join(failed)}"},
-            "checks": checks,
-            "workers": workers,
-        }
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
-    return JSONResponse(Readiness(checks=checks, workers=workers).model_dump())
+        raise NotReady(f"not ready: {', '.join(failed)}", checks=checks, workers=workers)
+    return Readiness(checks=checks, workers=workers)
 
 
 @router.get("/metrics", include_in_schema=False)

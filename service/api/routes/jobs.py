@@ -9,6 +9,8 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
 from diffv2s.errors import InvalidParameter
+from jobs import JobRecord, JobStatus, JobStore, lifecycle
+from jobs.record import decode_cursor
 from service.deps import OwnerDep, StorageDep, StoreDep
 from service.errors import (
     JobNotCancelable,
@@ -19,8 +21,6 @@ from service.errors import (
     ResultNotReady,
     error_responses,
 )
-from service.jobs import JobRecord, JobStatus, JobStore
-from service.jobs.record import decode_cursor, now
 from service.schemas import Job, JobList
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -71,7 +71,7 @@ def list_jobs(
 def _result(job: JobRecord, storage: StorageDep, key: str | None) -> str:
     if job.is_expired():
         raise ResultExpired("the result expired and was removed")
-    if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+    if job.status in (JobStatus.QUEUED, JobStatus.PREPARING, JobStatus.RUNNING):
         raise ResultNotReady(f"the job is {job.status}; poll /v1/jobs/{job.id} until it succeeded")
     if job.status != JobStatus.SUCCEEDED or key is None:
         raise NoResult(f"the job {job.status} and has no result")
@@ -116,19 +116,17 @@ def get_video(job_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep
     "/{job_id}/cancel",
     response_model=Job,
     responses=error_responses(401, 404, 409, 503),
-    summary="Cancel a queued job (a running job cannot be stopped: 409)",
+    summary="Cancel a queued or preparing job (a running job cannot be stopped: 409)",
 )
 def cancel_job(job_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep) -> Job:
+    """A queued job is canceled at once. A preparing job (a worker is reading its video) is canceled
+    too; the worker notices before the model runs and removes the input itself. Idempotent."""
     job = _own_job(store, owner, job_id)
-    if job.status == JobStatus.CANCELED:
-        return Job.from_record(job)
-    canceled = store.transition(
-        job.id,
-        {JobStatus.QUEUED},
-        {"status": JobStatus.CANCELED, "finished_at": now()},
-    )
-    if canceled is None:
-        current = store.get(job.id) or job
-        raise JobNotCancelable(f"the job is {current.status}; only queued jobs can be canceled")
-    storage.delete(canceled.input_key)
-    return Job.from_record(canceled)
+    outcome = lifecycle.cancel(store, job.id)
+    if not outcome.canceled:
+        current = outcome.job or job
+        raise JobNotCancelable(f"the job is {current.status}; only queued or preparing jobs can be canceled")
+    assert outcome.job is not None
+    if outcome.delete_input:  # nobody holds it; a preparing job's worker deletes its own
+        storage.delete(outcome.job.input_key)
+    return Job.from_record(outcome.job)

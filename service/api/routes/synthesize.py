@@ -14,13 +14,13 @@ from starlette.concurrency import run_in_threadpool
 from diffv2s.config import VideoConfig
 from diffv2s.errors import InvalidParameter, VideoTooShort
 from diffv2s.video.decode import probe_video
+from jobs import IdempotencyConflict, JobRecord, JobStatus
+from jobs.record import dumps, now
 from service import metrics
 from service.deps import OwnerDep, QueueDep, SettingsDep, StorageDep, StoreDep
 from service.errors import BrokerUnavailable, IdempotencyKeyReused, QueueFull, error_responses
-from service.jobs import IdempotencyConflict, JobRecord, JobStatus
-from service.jobs.record import dumps, now
 from service.queue import BrokerError
-from service.schemas import Job, SynthesisForm
+from service.schemas import Job, SynthesisForm, SynthesisFormBase
 from service.upload import FILE_FIELD, receive_upload
 
 router = APIRouter(tags=["synthesis"])
@@ -51,7 +51,7 @@ _FORM_SCHEMA: dict[str, Any] = {
 }
 
 
-def _form(fields: dict[str, str]) -> SynthesisForm:
+def _form(fields: dict[str, str]) -> SynthesisFormBase:
     try:
         # An empty field means "use the default", as HTML forms send unset inputs.
         return SynthesisForm.model_validate({k: v for k, v in fields.items() if v != ""})
@@ -122,14 +122,7 @@ async def synthesize(
             owner=owner,
             status=JobStatus.QUEUED,
             created_at=now(),
-            params={
-                "sampler": params.sampler,
-                "steps": params.steps,
-                "seed": params.seed,
-                "guidance": params.guidance,
-                "cfg_scale": params.cfg_scale,
-                "noise_scale": params.noise_scale,
-            },
+            params=params.as_dict(),
             output=form.output,
             input_key=key,
             request_hash=request_hash,

@@ -58,9 +58,6 @@ class Storage(ABC):
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
-    def size(self, key: str) -> int: ...
-
-    @abstractmethod
     def delete(self, key: str) -> None:
         """Remove `key`; a missing key is not an error."""
 
@@ -115,9 +112,6 @@ class LocalStorage(Storage):
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
-
-    def size(self, key: str) -> int:
-        return self._path(key).stat().st_size
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

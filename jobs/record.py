@@ -2,7 +2,8 @@
 
 Our store, not Celery's result backend, is the source of truth about a job (Celery reads every unknown
 id as PENDING). Every state change is a compare-and-set on the current status, so two actors (a gateway
-cancelling, a worker starting) can race and exactly one wins.
+cancelling, a worker starting) can race and exactly one wins; the legal changes are named in
+`jobs.lifecycle`, the only caller of `JobStore.compare_and_set`.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import hashlib
 import json
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 
 class JobStatus(StrEnum):
     QUEUED = "queued"
+    PREPARING = "preparing"  # a worker holds it and reads its input, before the model runs
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -65,7 +67,8 @@ class JobRecord:
     video_key: str | None = None
     video_seconds: float | None = None
     audio_seconds: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # The sampling settings the model really ran with (defaults resolved from the checkpoint).
+    sampling: dict[str, Any] | None = None
 
     @property
     def created_us(self) -> int:
@@ -136,10 +139,10 @@ class JobStore(ABC):
         """Remove a job and its idempotency key (used when the broker refused the job)."""
 
     @abstractmethod
-    def transition(
+    def compare_and_set(
         self, job_id: str, allowed: set[JobStatus] | frozenset[JobStatus], changes: dict[str, Any]
     ) -> JobRecord | None:
-        """Apply `changes` (may include a new "status") iff the current status is in `allowed`.
+        """The primitive under `jobs.lifecycle` (call those, not this): apply `changes` (may include a new "status") iff the current status is in `allowed`.
 
         Returns the updated record, or None when the job is missing or in another status.
         """

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from service.jobs.record import (
+from jobs.record import (
     IdempotencyConflict,
     JobRecord,
     JobStatus,
@@ -148,7 +148,7 @@ class SqliteJobStore(JobStore):
             db.execute("DELETE FROM idempotency WHERE job_id=?", (job_id,))
             db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
 
-    def transition(
+    def compare_and_set(
         self, job_id: str, allowed: set[JobStatus] | frozenset[JobStatus], changes: dict[str, Any]
     ) -> JobRecord | None:
         with self._tx() as db:

@@ -5,23 +5,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import redis
 
-from service.jobs import IdempotencyConflict, JobRecord, JobStatus, JobStore, open_store
-
-
-@pytest.fixture(params=["redis", "sqlite"])
-def job_store(
-    request: pytest.FixtureRequest, tmp_path: Path, rdb: redis.Redis, redis_url: str
-) -> Iterator[JobStore]:
-    url = redis_url if request.param == "redis" else f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-    store = open_store(url, prefix="storetest", record_ttl_s=3600)
-    yield store
-    store.close()
+from jobs import IdempotencyConflict, JobRecord, JobStatus, JobStore
 
 
 def make_job(owner: str = "owner-a", created: float | None = None, **kw: object) -> JobRecord:
@@ -49,14 +36,19 @@ def test_create_get_roundtrip(job_store: JobStore) -> None:
 def test_transitions_are_compare_and_set(job_store: JobStore) -> None:
     job = make_job()
     job_store.create(job, 60)
-    running = job_store.transition(job.id, {JobStatus.QUEUED}, {"status": JobStatus.RUNNING, "worker": "w1"})
+    running = job_store.compare_and_set(
+        job.id, {JobStatus.QUEUED}, {"status": JobStatus.RUNNING, "worker": "w1"}
+    )
     assert running is not None and running.status == JobStatus.RUNNING and running.worker == "w1"
     assert job_store.queued_count() == 0
     # A cancel that arrives after the start loses the race and changes nothing.
-    assert job_store.transition(job.id, {JobStatus.QUEUED}, {"status": JobStatus.CANCELED}) is None
+    assert job_store.compare_and_set(job.id, {JobStatus.QUEUED}, {"status": JobStatus.CANCELED}) is None
     assert job_store.get(job.id).status == JobStatus.RUNNING  # type: ignore[union-attr]
-    assert job_store.transition(str(uuid.uuid4()), {JobStatus.QUEUED}, {"status": JobStatus.RUNNING}) is None
-    done = job_store.transition(
+    assert (
+        job_store.compare_and_set(str(uuid.uuid4()), {JobStatus.QUEUED}, {"status": JobStatus.RUNNING})
+        is None
+    )
+    done = job_store.compare_and_set(
         job.id,
         {JobStatus.RUNNING},
         {
@@ -77,7 +69,9 @@ def test_only_one_of_many_racing_transitions_wins(job_store: JobStore) -> None:
 
     def race(i: int) -> None:
         barrier.wait()
-        if job_store.transition(job.id, {JobStatus.QUEUED}, {"status": JobStatus.RUNNING, "worker": f"w{i}"}):
+        if job_store.compare_and_set(
+            job.id, {JobStatus.QUEUED}, {"status": JobStatus.RUNNING, "worker": f"w{i}"}
+        ):
             wins.append(f"w{i}")
 
     threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
@@ -114,7 +108,7 @@ def test_list_pages_newest_first_with_ties_and_status_filter(job_store: JobStore
         job_store.create(j, 60)
     job_store.create(make_job(owner="someone-else", created=t + 100), 60)
     for j in jobs[:3]:
-        job_store.transition(j.id, {JobStatus.QUEUED}, {"status": JobStatus.CANCELED})
+        job_store.compare_and_set(j.id, {JobStatus.QUEUED}, {"status": JobStatus.CANCELED})
 
     expected = [j.id for j in sorted(jobs, key=lambda j: (j.created_us, j.id), reverse=True)]
     seen: list[str] = []
@@ -135,16 +129,18 @@ def test_progress_and_expiry_candidates(job_store: JobStore) -> None:
     live, old = make_job(), make_job()
     for j in (live, old):
         job_store.create(j, 60)
-        job_store.transition(j.id, {JobStatus.QUEUED}, {"status": JobStatus.RUNNING})
+        job_store.compare_and_set(j.id, {JobStatus.QUEUED}, {"status": JobStatus.RUNNING})
     job_store.set_progress([live.id, old.id, str(uuid.uuid4())], 3, 8)
     assert job_store.get(live.id).progress == {"step": 3, "total": 8}  # type: ignore[union-attr]
     now = time.time()
-    job_store.transition(
+    job_store.compare_and_set(
         live.id, {JobStatus.RUNNING}, {"status": JobStatus.SUCCEEDED, "expires_at": now + 3600}
     )
-    job_store.transition(old.id, {JobStatus.RUNNING}, {"status": JobStatus.SUCCEEDED, "expires_at": now - 1})
+    job_store.compare_and_set(
+        old.id, {JobStatus.RUNNING}, {"status": JobStatus.SUCCEEDED, "expires_at": now - 1}
+    )
     assert [j.id for j in job_store.due_for_expiry(now)] == [old.id]
-    job_store.transition(old.id, {JobStatus.SUCCEEDED}, {"status": JobStatus.EXPIRED})
+    job_store.compare_and_set(old.id, {JobStatus.SUCCEEDED}, {"status": JobStatus.EXPIRED})
     assert job_store.due_for_expiry(now) == []
 
 

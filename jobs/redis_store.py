@@ -22,7 +22,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 import redis
 
-from service.jobs.record import (
+from jobs.record import (
     IdempotencyConflict,
     JobRecord,
     JobStatus,
@@ -155,7 +155,7 @@ class RedisJobStore(JobStore):
         pipe.execute()
 
     @_unavailable_on_connection_error
-    def transition(
+    def compare_and_set(
         self, job_id: str, allowed: set[JobStatus] | frozenset[JobStatus], changes: dict[str, Any]
     ) -> JobRecord | None:
         new_status = changes.get("status")

@@ -1,0 +1,116 @@
+"""The job state machine: every legal status change is one named function here.
+
+```
+queued ──claim──► preparing ──start──► running ──succeed──► succeeded ──expire──► expired
+  │                 │   ▲                 │
+  │                 │   └───requeue───────┤            (a redelivered job whose worker died)
+  ├──cancel─────────┴──cancel──► canceled │
+  └──fail──── preparing, running ──fail───┴──► failed
+```
+
+- `claim` (worker task thread): the worker now holds the job and reads its input (decode, landmarks).
+- `start` (worker model thread): the job enters a model batch.
+- `cancel` (gateway): a queued job is canceled outright and nobody holds its input, so the caller may
+  delete it. A preparing job is canceled cooperatively: the worker that holds it sees the status when
+  `start` fails, drops the job and deletes the input itself, so the gateway never deletes a file a worker
+  is reading. A running job cannot be canceled.
+- `requeue` (worker task thread): a message redelivered after its worker died finds the job preparing
+  or running; it goes back to queued with one more attempt.
+
+Each function is a compare-and-set on the current status (`JobStore.compare_and_set`, a Lua script on
+Redis, a transaction on SQLite), so two actors can race and exactly one wins; the loser gets None (or
+`CancelOutcome.refused`). Nothing outside this module changes a job's status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from jobs.record import JobRecord, JobStatus, JobStore, now
+
+S = JobStatus
+
+# target status -> the statuses it may be entered from
+LEGAL: dict[JobStatus, frozenset[JobStatus]] = {
+    S.PREPARING: frozenset({S.QUEUED}),
+    S.RUNNING: frozenset({S.PREPARING}),
+    S.SUCCEEDED: frozenset({S.RUNNING}),
+    S.FAILED: frozenset({S.QUEUED, S.PREPARING, S.RUNNING}),
+    S.CANCELED: frozenset({S.QUEUED, S.PREPARING}),
+    S.QUEUED: frozenset({S.PREPARING, S.RUNNING}),
+    S.EXPIRED: frozenset({S.SUCCEEDED}),
+}
+
+# Statuses in which a worker holds the job (its input is in use, a redelivery means the worker died).
+HELD = frozenset({S.PREPARING, S.RUNNING})
+
+
+def _move(store: JobStore, job_id: str, to: JobStatus, changes: dict[str, Any]) -> JobRecord | None:
+    return store.compare_and_set(job_id, LEGAL[to], {**changes, "status": to})
+
+
+def claim(store: JobStore, job_id: str, worker_id: str) -> JobRecord | None:
+    """queued -> preparing: `worker_id` holds the job from now on."""
+    return _move(store, job_id, S.PREPARING, {"worker": worker_id, "progress": None})
+
+
+def start(store: JobStore, job_id: str) -> JobRecord | None:
+    """preparing -> running: the job enters a model batch. None if it was canceled meanwhile."""
+    return _move(store, job_id, S.RUNNING, {"started_at": now()})
+
+
+def succeed(store: JobStore, job_id: str, result_ttl_s: float, changes: dict[str, Any]) -> JobRecord | None:
+    """running -> succeeded, with the result's keys, timings and settings in `changes`."""
+    finished = now()
+    return _move(
+        store,
+        job_id,
+        S.SUCCEEDED,
+        {**changes, "finished_at": finished, "expires_at": finished + result_ttl_s},
+    )
+
+
+def fail(store: JobStore, job_id: str, code: str, message: str) -> JobRecord | None:
+    """queued | preparing | running -> failed, with the error clients read back."""
+    return _move(store, job_id, S.FAILED, {"finished_at": now(), "error": {"code": code, "message": message}})
+
+
+def requeue(store: JobStore, job_id: str, attempts: int) -> JobRecord | None:
+    """preparing | running -> queued: a redelivered job whose worker died, tried again."""
+    return _move(
+        store, job_id, S.QUEUED, {"attempts": attempts, "progress": None, "worker": None, "started_at": None}
+    )
+
+
+def expire(store: JobStore, job_id: str) -> JobRecord | None:
+    """succeeded -> expired: the result files were removed; the record stays."""
+    return _move(store, job_id, S.EXPIRED, {})
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    """What `cancel` did. `job` is the record after the attempt (None if the job is gone)."""
+
+    job: JobRecord | None
+    canceled: bool
+    # True when no worker holds the input: the caller deletes it. False for a cooperative cancel (the
+    # worker deletes it) and for a refusal.
+    delete_input: bool
+
+
+def cancel(store: JobStore, job_id: str) -> CancelOutcome:
+    """queued -> canceled (input free), or preparing -> canceled (the holding worker cleans up).
+
+    A job already canceled counts as canceled (cancel is idempotent); any other status is refused.
+    """
+    done = store.compare_and_set(job_id, {S.QUEUED}, {"status": S.CANCELED, "finished_at": now()})
+    if done is not None:
+        return CancelOutcome(done, canceled=True, delete_input=True)
+    done = store.compare_and_set(job_id, {S.PREPARING}, {"status": S.CANCELED, "finished_at": now()})
+    if done is not None:
+        return CancelOutcome(done, canceled=True, delete_input=False)
+    current = store.get(job_id)
+    return CancelOutcome(
+        current, canceled=current is not None and current.status == S.CANCELED, delete_input=False
+    )

@@ -1,0 +1,52 @@
+"""Settings that the gateway and the workers must agree on, read once from the environment.
+
+Both deployables extend `CommonSettings` (`service.settings.Settings`, `worker.settings.WorkerSettings`),
+so they read the same `DIFFV2S_` variables the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """Shared by gateway and workers."""
+
+    model_config = SettingsConfigDict(env_prefix="DIFFV2S_", extra="ignore", frozen=True)
+
+    environment: Literal["dev", "prod"] = "dev"
+    # Celery broker: redis://... in production, sqla+sqlite:///... in the embedded mode.
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    # Job store: redis://host:port/db, or sqlite:///relative/path.sqlite3 (sqlite:////absolute/path).
+    store_url: str = "redis://127.0.0.1:6379/1"
+    # Namespace of every Redis key the job store writes (lets several deployments share one Redis).
+    store_prefix: str = "diffv2s"
+    storage_dir: Path = Path("var/storage")
+    queue_name: str = "diffv2s"
+    # Results (and their job records' urls) expire this long after the job finished.
+    result_ttl_s: int = Field(default=24 * 3600, ge=1)
+    # Finished job records themselves are dropped this long after their results expired.
+    record_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
+    # A worker is live while its heartbeat key exists; it refreshes it every heartbeat_interval_s.
+    heartbeat_ttl_s: float = Field(default=10.0, gt=0)
+    # Redis redelivers an unacknowledged task after this long; task time limits must stay below it.
+    visibility_timeout_s: int = Field(default=3600, ge=10)
+    task_time_limit_s: int = Field(default=1800, ge=1)
+
+    @model_validator(mode="after")
+    def _check_common(self) -> CommonSettings:
+        if self.task_time_limit_s >= self.visibility_timeout_s:
+            raise ValueError(
+                "DIFFV2S_TASK_TIME_LIMIT_S must be below DIFFV2S_VISIBILITY_TIMEOUT_S, or Redis would "
+                "hand a still-running task to a second worker"
+            )
+        if self.environment == "prod":
+            if self.store_url.startswith("sqlite"):
+                raise ValueError("the SQLite job store is for the embedded dev mode; use redis:// in prod")
+            if self.broker_url.startswith("sqla+"):
+                raise ValueError("the SQL broker is for the embedded dev mode; use redis:// in prod")
+        return self
