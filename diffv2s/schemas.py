@@ -17,7 +17,6 @@ from diffv2s.config import DiffusionConfig, ModelConfig
 from diffv2s.errors import DiffV2SError, InvalidParameter
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
-OUTPUTS = ("wav", "mp4")
 MAX_STEPS = 1000
 MAX_SEED = 2**63 - 1
 MAX_GUIDANCE = 100.0
@@ -151,10 +150,6 @@ class SynthesisResult:
     error: DiffV2SError | None = None
     batch_size: int = 1
     sampling: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
     @property
     def audio_seconds(self) -> float:

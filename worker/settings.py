@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from diffv2s.engines.spec import ENGINE_NAMES
 from jobs.settings import CommonSettings
 
 
 class WorkerSettings(CommonSettings):
-    # Model: checkpoint None = the shipped default; engine "torch" | "onnxruntime" | "tensorrt" | any name of
-    # diffv2s.engines_onnx.ENGINE_NAMES (e.g. "onnxruntime-cpu-int8").
+    # Model: checkpoint None = the shipped default; engine: one of diffv2s.engines.spec.ENGINE_NAMES
+    # ("torch", "onnxruntime", "onnxruntime-cpu-int8", "tensorrt", ...), checked at start.
     checkpoint: Path | None = None
     engine: str = "torch"
     engine_dir: Path | None = None
@@ -40,6 +41,13 @@ class WorkerSettings(CommonSettings):
     # Tests only: the task thread waits this long after claiming a job, before it reads the input, so
     # a test can cancel a job in the preparing state deterministically. Refused in prod.
     test_hold_prepared_s: float = Field(default=0.0, ge=0, le=60)
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, engine: str) -> str:
+        if engine not in ENGINE_NAMES:
+            raise ValueError(f"DIFFV2S_ENGINE must be one of {', '.join(ENGINE_NAMES)}; got {engine!r}")
+        return engine
 
     @model_validator(mode="after")
     def _check_worker(self) -> WorkerSettings:

@@ -127,3 +127,19 @@ def test_celery_settings_follow_the_design() -> None:
     assert c.task_soft_time_limit < c.task_time_limit
     task = app.tasks["diffv2s.synthesize"]
     assert task.acks_late and task.reject_on_worker_lost and task.ignore_result
+
+
+def test_an_unknown_engine_name_is_refused_at_start_with_the_known_names() -> None:
+    with pytest.raises(ValueError, match="DIFFV2S_ENGINE must be one of torch, onnxruntime"):
+        WorkerSettings(engine="tensorrtx")
+    assert WorkerSettings(engine="onnxruntime-cpu-int8").engine == "onnxruntime-cpu-int8"
+
+
+def test_the_prepare_hold_test_hook_is_refused_in_prod() -> None:
+    with pytest.raises(ValueError, match="test hook"):
+        WorkerSettings(
+            environment="prod",
+            test_hold_prepared_s=1.0,
+            store_url="redis://127.0.0.1:6379/1",
+            broker_url="redis://127.0.0.1:6379/0",
+        )
