@@ -34,10 +34,21 @@ def stage_shares(encoder_share: float) -> dict[str, float]:
 def plan_budgets(run: Run, opts: TrainOptions) -> dict[str, float]:
     """Each training stage's budget in seconds, planned on first use and then read back from run.json."""
     if "budgets" not in run.info:
-        used = float(run.info.get("wall_seconds", {}).get("cache", 0.0))
-        left = max(opts.minutes * 60.0 - used, 0.0)
+        wall = run.info.get("wall_seconds", {})
+        used = float(wall.get("cache", 0.0))
         shares = stage_shares(opts.encoder_share)
-        run.info["budgets"] = {k: max(share * left, MIN_STAGE_SECONDS) for k, share in shares.items()}
+        if run.info.get("avhubert"):
+            # The paper's path: the official encoder does not train; its feature step took what it took.
+            used += float(wall.get("encoder", 0.0))
+            shares = {
+                "encoder": 0.0,
+                "speaker": SPEAKER_SHARE,
+                "denoiser": STAGES_TOTAL_SHARE - SPEAKER_SHARE,
+            }
+        left = max(opts.minutes * 60.0 - used, 0.0)
+        run.info["budgets"] = {
+            k: max(share * left, MIN_STAGE_SECONDS) if share > 0 else 0.0 for k, share in shares.items()
+        }
         run.save()
     budgets: dict[str, float] = run.info["budgets"]
     return budgets

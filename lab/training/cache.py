@@ -181,6 +181,7 @@ class CacheSet:
 
     def __init__(self, split_dir: Path, video: VideoConfig) -> None:
         self.video = video
+        self.split_dir = Path(split_dir)
         self.items: list[dict[str, Any]] = []
         self._frames: list[np.ndarray] = []
         self._mel: list[np.ndarray] = []
@@ -216,6 +217,11 @@ class CacheSet:
         """float32 [T_mel, n_mels]."""
         it = self.items[i]
         return np.asarray(self._mel[it["shard"]][it["mel"][0] : it["mel"][1]], dtype=np.float32)
+
+    def n_mel(self, i: int) -> int:
+        """Mel frames of utterance i (without reading them)."""
+        m0, m1 = self.items[i]["mel"]
+        return int(m1 - m0)
 
     def ge2e(self, i: int) -> np.ndarray:
         """float32 [256], unit norm."""

@@ -2,6 +2,8 @@
 
     diffv2s train --data CORPUS_DIR --out RUN_DIR [--minutes 110] [--stage all|cache|encoder|speaker|denoiser|export]
                   [--resume]
+    diffv2s train --preset paper --avhubert large_vox_iter5.pt --data LRS3 --out RUN --device cuda
+    torchrun --nproc-per-node 8 -m lab.training.cli --preset paper --avhubert ... (the same, on 8 GPUs)
 
 Exit status: 0 done, 2 bad input, 130 stopped by SIGINT/SIGTERM after saving (continue with --resume).
 """
@@ -105,6 +107,31 @@ def _parser() -> argparse.ArgumentParser:
         help="with --init-from: stage A's first N steps train only its heads (the phone head starts "
         "fresh) with the warm encoder frozen (default 200; 0 trains everything from the first step)",
     )
+    p.add_argument(
+        "--avhubert",
+        type=Path,
+        default=None,
+        help="the paper's path: this official AV-HuBERT checkpoint (Large or Base, pretrained or fine-tuned) "
+        "is the frozen visual encoder; its features are computed once per clip, stage A does not train",
+    )
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (under torchrun: one GPU per process)")
+    p.add_argument(
+        "--precision", default="auto", help="fp32 | bf16 | auto (bf16 autocast on a GPU that has it)"
+    )
+    p.add_argument(
+        "--loader-workers",
+        type=int,
+        default=0,
+        help="DataLoader processes building the denoiser's batches ahead of the GPU (0: in the training "
+        "process; --workers is the cache step's decoder processes)",
+    )
+    p.add_argument(
+        "--override",
+        nargs="*",
+        default=(),
+        metavar="PART.FIELD=VALUE",
+        help="change preset fields, e.g. denoiser.layers=4 (recorded in the run and its checkpoint)",
+    )
     bar = p.add_mutually_exclusive_group()
     bar.add_argument(
         "--progress", dest="progress_bar", action="store_true", default=None, help="always show bars"
@@ -127,6 +154,7 @@ def train_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     opts = TrainOptions(**vars(args))
     opts.extra_data = tuple(opts.extra_data)
+    opts.override = tuple(opts.override)
     # Set before anything runs a kernel: a forked pool or a later call cannot change inter-op threads.
     torch.set_num_threads(max(1, opts.threads))
     try:

@@ -49,7 +49,15 @@ def export_run(run: Run, opts: TrainOptions, cfg: ModelConfig, log: Callable[[st
         "trained": True,
         "denoiser_finished": finished,
         "recipe": "lab.training",
-        "stage_a": "supervised: encoder frames -> 100 Hz log-mel (L1), plus the audio-only path",
+        "stage_a": (
+            "official AV-HuBERT, frozen (not trained)"
+            if run.info.get("avhubert")
+            else "supervised: encoder frames -> 100 Hz log-mel (L1), plus the audio-only path"
+        ),
+        # The paper's path: which official checkpoint the encoder weights are (file name and sha256).
+        "avhubert": {k: run.info["avhubert"][k] for k in ("file", "sha256")}
+        if run.info.get("avhubert")
+        else None,
         "corpus": run.info.get("corpus", {}),
         "splits": run.info.get("splits", {}),
         "cache": run.info.get("cache", {}),

@@ -12,6 +12,10 @@ interruption continues the same schedule where it stopped.
 With `select=(metric, "max" | "min")` the loop also keeps the state of the best evaluation so far (in the
 state file, so a resume keeps it too) and ends the stage on it when the last evaluation is worse. Only
 for a validation set held out of training: selecting on a test split would flatter the test.
+
+Under torchrun (`dist`) every process runs the loop; before each step they agree on the schedule's
+progress (rank 0's clock) and on whether any of them was asked to stop, so all take the same number of
+steps at the same learning rate. Only rank 0 evaluates, logs and writes the state file.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any, Protocol
 import torch
 
 from lab.training.curves import plot_stage
+from lab.training.devices import Distributed
 
 LogFn = Callable[[str], None]
 
@@ -158,6 +163,10 @@ def stage_record(path: Path) -> StageRecord | None:
     return None if state is None else StageRecord(**state["record"])
 
 
+def _quiet(message: str) -> None:
+    pass
+
+
 def run_stage(
     stage: Stage,
     state_path: Path,
@@ -166,6 +175,8 @@ def run_stage(
     settings: LoopSettings | None = None,
     log: LogFn = print,
     select: tuple[str, str] | None = None,
+    dist: Distributed | None = None,
+    device: torch.device | None = None,
 ) -> StageRecord:
     """Train `stage` until its budget is spent or a stop is requested; resumes from `state_path`.
 
@@ -176,6 +187,11 @@ def run_stage(
     if select is not None and select[1] not in ("max", "min"):
         raise ValueError(f"select must be (metric, 'max' | 'min'); got {select!r}")
     settings = settings or LoopSettings()
+    dist = dist or Distributed()
+    sync_device = device or torch.device("cpu")
+    main = dist.is_main
+    if not main:
+        log = _quiet
     record = StageRecord()
     best: dict[str, Any] | None = None
     saved = load_state(state_path)
@@ -193,6 +209,8 @@ def run_stage(
     curve_path = state_path.parent / f"{stage.name}.png"
 
     def save() -> None:
+        if not main:
+            return
         state = {
             "record": asdict(record),
             "budget": asdict(budget),
@@ -206,6 +224,8 @@ def run_stage(
 
     def evaluate() -> None:
         nonlocal best
+        if not main:
+            return
         metrics = stage.evaluate()
         if metrics:
             record.add(record.evals, {"step": record.step, **metrics})
@@ -221,7 +241,9 @@ def run_stage(
     show_bar = sys.stderr.isatty() if settings.progress_bar is None else settings.progress_bar
     from tqdm import tqdm
 
-    bar = tqdm(total=1000, desc=stage.name, disable=not show_bar, bar_format="{l_bar}{bar}| {postfix}")
+    bar = tqdm(
+        total=1000, desc=stage.name, disable=not (show_bar and main), bar_format="{l_bar}{bar}| {postfix}"
+    )
     eval_every = budget.seconds / max(settings.evals, 1)
     next_eval = (math.floor(record.elapsed / eval_every) + 1) * eval_every
     if record.step == 0:
@@ -229,8 +251,16 @@ def run_stage(
     last_save = last_log = time.perf_counter()
     t_prev = time.perf_counter()
     try:
-        while budget.progress(record.step, record.elapsed) < 1.0 and not stop.requested:
-            lr = budget.lr_at(budget.progress(record.step, record.elapsed))
+        while True:
+            progress = budget.progress(record.step, record.elapsed)
+            progress, stops = dist.all_max(
+                [progress if main else 0.0, 1.0 if stop.requested else 0.0], sync_device
+            )
+            if stops > 0 and not stop.requested:
+                stop.request()
+            if progress >= 1.0 or stop.requested:
+                break
+            lr = budget.lr_at(progress)
             losses = stage.train_step(record.step, lr)
             record.step += 1
             now = time.perf_counter()

@@ -42,6 +42,11 @@ class TrainOptions:
     head_warmup_steps: int = 200
     force: bool = False
     progress_bar: bool | None = None
+    avhubert: Path | None = None
+    device: str = "cpu"
+    precision: str = "auto"
+    loader_workers: int = 0
+    override: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         def plain(v: Any) -> Any:

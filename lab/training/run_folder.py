@@ -4,7 +4,7 @@
 {run}/train.log                the log lines also printed to stdout
 {run}/cache/{train,val}/       decoded utterances (`lab.training.cache`)
 {run}/encoder/state.pt         stage A (encoder + head + optimiser + curves), encoder.png
-{run}/features/{train,val}/    frozen-encoder tokens/features, then speaker embeddings
+{run}/features/{train,val}/    frozen-encoder tokens/features (one shard per cache shard), speaker embeddings
 {run}/speaker/state.pt         stage B, speaker.png
 {run}/denoiser/state.pt        stage C (weights, EMA, optimiser), denoiser.png
 {run}/diffv2s-{preset}.pt      the final checkpoint (float16, loadable by `Synthesizer.load`)
@@ -41,12 +41,20 @@ class RunLog:
 class Run:
     """The run folder and its run.json."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, writable: bool = True) -> None:
         self.dir = Path(out)
         self.json_path = self.dir / "run.json"
-        self.info: dict[str, Any] = json.loads(self.json_path.read_text()) if self.json_path.exists() else {}
+        # Under torchrun only rank 0 writes; the others read run.json again after each stage (`reload`).
+        self.writable = writable
+        self.info: dict[str, Any] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        self.info = json.loads(self.json_path.read_text()) if self.json_path.exists() else {}
 
     def save(self) -> None:
+        if not self.writable:
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.json_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.info, indent=1))
@@ -63,6 +71,9 @@ class Run:
             return bool(self.info.get("cache", {}).get("complete"))
         if stage == "export":
             return bool(self.info.get("export"))
+        if stage == "encoder" and self.info.get("avhubert"):
+            # The paper's path: the official encoder is frozen; its step is the feature cache.
+            return bool(self.info.get("features", {}).get("encoder"))
         rec = self.record(stage)
         return rec is not None and rec.done
 
@@ -75,7 +86,11 @@ class Run:
 def model_with_stages(run: Run, cfg: ModelConfig, seed: int, parts: tuple[str, ...]) -> DiffV2S:
     """A model whose `parts` (encoder | speaker | denoiser) carry the trained weights of their stage."""
     model = build_initial_model(cfg, seed)
-    if "encoder" in parts:
+    if "encoder" in parts and run.info.get("avhubert"):
+        from lab.training.official_encoder import load_official
+
+        model.encoder.load_state_dict(load_official(run.info["avhubert"]).state_dict())
+    elif "encoder" in parts:
         state = load_state(run.state("encoder"))
         assert state is not None
         model.encoder.load_state_dict(state["stage"]["encoder"])

@@ -42,8 +42,10 @@ class SpeakerStage:
         weight_decay: float = 0.0,
         max_val: int = 128,
         seed: int = 0,
+        device: torch.device | None = None,
     ) -> None:
-        self.speaker = model.speaker
+        self.device = device or torch.device("cpu")
+        self.speaker = model.speaker.to(self.device)
         self.mel_rate = model.cfg.audio.mel_rate
         self.fps = model.cfg.video.fps
         self.ratio = self.mel_rate / self.fps
@@ -75,7 +77,8 @@ class SpeakerStage:
             mel.transpose(1, 2), self.mel_rate, n_frames=tok.shape[1], mel_mask=mel_valid, video_fps=self.fps
         )
         s_g = torch.from_numpy(np.stack([data.data.ge2e(i) for i in idx]))
-        return tok, valid, audio, s_g
+        on = self.device
+        return tok.to(on), valid.to(on), audio.to(on), s_g.to(on)
 
     def _embed(
         self, data: FeatureSet, idx: list[int], g: torch.Generator | None
@@ -99,7 +102,10 @@ class SpeakerStage:
         enc = self.speaker.encoder
         g = torch.Generator().manual_seed(self.seed)
         idx = draw(g, len(self.train_set), min(len(self.train_set), max_items))
-        sums = {"v": torch.zeros(enc.embed_dim), "a": torch.zeros(enc.embed_dim)}
+        sums = {
+            "v": torch.zeros(enc.embed_dim, device=self.device),
+            "a": torch.zeros(enc.embed_dim, device=self.device),
+        }
         count = 0.0
         batches = [idx[k : k + chunk] for k in range(0, len(idx), chunk)]
         for part in batches:
@@ -109,7 +115,8 @@ class SpeakerStage:
             sums["a"] += (positioned_tokens(enc, audio_tokens(enc, audio, ~valid), ~valid) * w).sum((0, 1))
             count += float(w.sum())
         for name, prompts in (("v", self.speaker.visual_prompts), ("a", self.speaker.audio_prompts)):
-            prompts.copy_(sums[name] / count + 0.02 * torch.randn(prompts.shape, generator=g))
+            noise = 0.02 * torch.randn(prompts.shape, generator=g)
+            prompts.copy_(sums[name] / count + noise.to(self.device))
         pooled, targets = [], []
         for part in batches:
             tok, valid, audio, s_g = self._inputs(self.train_set, part, None)
@@ -161,7 +168,7 @@ class SpeakerStage:
         centroids = np.stack(
             [train.ge2e_all[train.speaker_index == k].mean(0) for k in range(len(train.speakers))]
         )
-        centroids_t = F.normalize(torch.from_numpy(centroids), dim=-1)
+        centroids_t = F.normalize(torch.from_numpy(centroids), dim=-1).to(self.device)
         idx = list(range(min(len(data), self.max_val)))
         cos_v, cos_a, hits, known = [], [], 0, 0
         for start in range(0, len(idx), 32):

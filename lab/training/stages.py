@@ -21,6 +21,7 @@ from lab.training import data as corpus_data
 from lab.training import warm_start
 from lab.training.budgets import plan_budgets
 from lab.training.cache import CacheSet
+from lab.training.devices import Placement
 from lab.training.loop import Budget, LoopSettings, StopFlag, load_state, run_stage
 from lab.training.options import TrainOptions
 from lab.training.run_folder import Run, model_with_stages
@@ -64,13 +65,19 @@ def train_encoder(
     stop: StopFlag,
     settings: LoopSettings,
     log: Callable[[str], None],
+    place: Placement | None = None,
 ) -> None:
     """Stage A: the encoder and its mel (+ phone) head on the cache, then the frozen encoder's features
-    of every cached clip."""
+    of every cached clip. On the paper's path (`--avhubert`) the official encoder does not train: this
+    step computes its features only, every process a share of the shards."""
     from lab.training.encoder_stage import EncoderStage
     from lab.training.features import compute_encoder_features
 
     _require(run, "cache")
+    place = place or Placement()
+    if run.info.get("avhubert"):
+        _official_features(run, cfg, place, log)
+        return
     budgets = plan_budgets(run, opts)
     train, val = _sets(run, cfg)
     if not run.stage_done("encoder"):
@@ -109,10 +116,39 @@ def train_encoder(
         model = model_with_stages(run, cfg, opts.seed, ("encoder",))
         for name, data in (("train", train), ("val", val)):
             if data is not None:
-                compute_encoder_features(model, data, run.dir / "features" / name)
+                compute_encoder_features(model.encoder, data, run.dir / "features" / name)
         run.info.setdefault("features", {})["encoder"] = True
         run.save()
         log(f"[features] encoder features cached in {time.perf_counter() - t0:.0f} s")
+
+
+def _official_features(run: Run, cfg: ModelConfig, place: Placement, log: Callable[[str], None]) -> None:
+    from lab.training.features import compute_encoder_features, features_complete
+    from lab.training.official_encoder import load_official
+
+    if run.info.get("features", {}).get("encoder"):
+        return
+    t0 = time.perf_counter()
+    encoder = load_official(run.info["avhubert"])
+    train, val = _sets(run, cfg)
+    frames = 0
+    for name, data in (("train", train), ("val", val)):
+        if data is not None:
+            out = run.dir / "features" / name
+            compute_encoder_features(encoder, data, out, place.device, place.precision, place.dist)
+            frames += int(data.n_frames.sum())
+    place.dist.barrier()
+    sets = [(d, run.dir / "features" / n) for n, d in (("train", train), ("val", val)) if d is not None]
+    if place.dist.is_main and all(features_complete(d, out) for d, out in sets):
+        seconds = time.perf_counter() - t0
+        clips = sum(len(d) for d, _ in sets)
+        run.info.setdefault("features", {})["encoder"] = True
+        run.info["features"]["official_seconds"] = round(seconds, 1)
+        run.save()
+        log(
+            f"[features] official AV-HuBERT features of {clips} clips ({frames} frames) in {seconds:.0f} s "
+            f"({clips / max(seconds, 1e-9):.2f} clips/s on {place.dist.world} x {place.device.type})"
+        )
 
 
 def train_speaker(
@@ -122,6 +158,7 @@ def train_speaker(
     stop: StopFlag,
     settings: LoopSettings,
     log: Callable[[str], None],
+    place: Placement | None = None,
 ) -> None:
     """Stage B: the speaker prompts and projection on the encoder features, then every clip's speaker
     embedding."""
@@ -136,7 +173,10 @@ def train_speaker(
         model = model_with_stages(run, cfg, opts.seed, ("encoder",))
         train_f = FeatureSet(train, feats / "train", with_speaker=False)
         val_f = FeatureSet(val, feats / "val", with_speaker=False) if val is not None else None
-        stage = SpeakerStage(model, train_f, val_f, batch_size=opts.speaker_batch, seed=opts.seed)
+        place = place or Placement()
+        stage = SpeakerStage(
+            model, train_f, val_f, batch_size=opts.speaker_batch, seed=opts.seed, device=place.device
+        )
         if not run.state("speaker").exists():
             stage.initialise()
         budget = Budget(budgets["speaker"], opts.speaker_steps, lr=opts.speaker_lr)
@@ -148,6 +188,7 @@ def train_speaker(
         if stop.requested:
             return
     if not run.info.get("features", {}).get("speaker"):
+        # On the CPU: the embeddings run the Transformer once per clip on cached tokens.
         model = model_with_stages(run, cfg, opts.seed, ("encoder", "speaker"))
         for name, data in (("train", train), ("val", val)):
             if data is not None:
@@ -164,6 +205,7 @@ def train_denoiser(
     stop: StopFlag,
     settings: LoopSettings,
     log: Callable[[str], None],
+    place: Placement | None = None,
 ) -> None:
     """Stage C: the denoiser on the cached features and speaker embeddings (its prior from stage A's head,
     or the `--init-from` checkpoint's denoiser)."""
@@ -173,6 +215,7 @@ def train_denoiser(
     _require(run, "speaker")
     if run.stage_done("denoiser"):
         return
+    place = place or Placement()
     budgets = plan_budgets(run, opts)
     train, val = _sets(run, cfg)
     feats = run.dir / "features"
@@ -197,9 +240,14 @@ def train_denoiser(
         prior_init=prior_init,
         batch_size=opts.denoiser_batch,
         seed=opts.seed,
+        device=place.device,
+        precision=place.precision,
+        dist=place.dist,
+        loader_workers=place.loader_workers,
     )
     budget = Budget(budgets["denoiser"], opts.denoiser_steps, lr=opts.denoiser_lr)
-    run_stage(stage, run.state("denoiser"), budget, stop, settings, log)
+    run_stage(stage, run.state("denoiser"), budget, stop, settings, log, dist=place.dist, device=place.device)
+    stage.feed.close()
 
 
 def _init_checkpoint(run: Run, cfg: ModelConfig) -> Any:
