@@ -5,10 +5,14 @@ One worker process per GPU, each on its own port; histograms only, and no job id
 
 from __future__ import annotations
 
-import functools
 import logging
+import os
+from collections.abc import Iterator
+from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +57,76 @@ def serve(port: int) -> None:
         log.info("worker metrics on :%d/metrics", port)
 
 
-def track_gpu_memory() -> None:
-    """Export the allocator's bytes in use, read at scrape time (only when CUDA is present)."""
-    import torch
+class GpuMemory(Collector):
+    """NVML's used and total memory of each GPU (or MIG device) this worker uses, read at scrape time and
+    labelled with the device's UUID: `diffv2s_gpu_memory_bytes{gpu}`, `diffv2s_gpu_memory_total_bytes{gpu}`.
 
-    if not torch.cuda.is_available():
-        return
-    gauge = Gauge("diffv2s_gpu_memory_bytes", "GPU memory allocated by this worker", ["device"])
-    for i in range(torch.cuda.device_count()):
-        gauge.labels(str(i)).set_function(functools.partial(_allocated, i))
+    NVML sees the whole device, so TensorRT's and ONNX Runtime's memory and the CUDA context count, not only
+    PyTorch's allocator (one worker per GPU makes the device's figure the worker's). The UUID names the
+    same device in `nvidia-smi`, the GPU claim (deploy/docker/entrypoint.sh) and the engine folder.
+    """
+
+    def __init__(self, nvml: Any, devices: list[tuple[str, Any]]) -> None:
+        self.nvml = nvml
+        self.devices = devices  # (uuid, NVML handle)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        used = GaugeMetricFamily(
+            "diffv2s_gpu_memory_bytes", "GPU memory in use on the worker's GPU (NVML)", labels=["gpu"]
+        )
+        total = GaugeMetricFamily(
+            "diffv2s_gpu_memory_total_bytes", "GPU memory of the worker's GPU (NVML)", labels=["gpu"]
+        )
+        for uuid, handle in self.devices:
+            try:
+                info = self.nvml.nvmlDeviceGetMemoryInfo(handle)
+            except self.nvml.NVMLError as exc:  # e.g. the GPU fell off the bus: no sample, scrape goes on
+                log.warning("NVML cannot read the memory of GPU %s: %s", uuid, exc)
+                continue
+            used.add_metric([uuid], float(info.used))
+            total.add_metric([uuid], float(info.total))
+        yield used
+        yield total
 
 
-def _allocated(device: int) -> float:
-    import torch
+def _visible_gpus(nvml: Any) -> list[tuple[str, Any]]:
+    """(uuid, handle) of the devices CUDA_VISIBLE_DEVICES names (GPU-/MIG- UUIDs, as the entrypoint's claim
+    sets it, or NVML indices), or of every device when it is unset."""
+    wanted = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if wanted is None:
+        handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+    else:
+        handles = []
+        for entry in (e.strip() for e in wanted.split(",") if e.strip()):
+            if entry.isdigit():
+                handles.append(nvml.nvmlDeviceGetHandleByIndex(int(entry)))
+            else:
+                handles.append(nvml.nvmlDeviceGetHandleByUUID(entry))
+    out = []
+    for handle in handles:
+        uuid = nvml.nvmlDeviceGetUUID(handle)
+        out.append((uuid.decode() if isinstance(uuid, bytes) else str(uuid), handle))
+    return out
 
-    return float(torch.cuda.memory_allocated(device))
+
+def track_gpu_memory(registry: CollectorRegistry = REGISTRY) -> GpuMemory | None:
+    """Export the memory of this worker's GPUs from NVML (package nvidia-ml-py, module `pynvml`, in the
+    [gpu] extra). Without it, without a driver or without a GPU nothing is exported; returns the
+    collector, or None then."""
+    try:
+        import pynvml
+    except ImportError:
+        log.info("nvidia-ml-py is not installed: GPU memory is not exported")
+        return None
+    try:
+        pynvml.nvmlInit()
+        devices = _visible_gpus(pynvml)
+    except pynvml.NVMLError as exc:
+        log.info("NVML unavailable (%s): GPU memory is not exported", exc)
+        return None
+    if not devices:
+        return None
+    collector = GpuMemory(pynvml, devices)
+    registry.register(collector)
+    log.info("exporting GPU memory of %s", ", ".join(uuid for uuid, _ in devices))
+    return collector

@@ -1,10 +1,13 @@
 #!/bin/sh
 # Entrypoint of the DiffV2S image: `gateway`, `worker`, `export`, or any other command (run as is).
 #
-# worker: 1. claims one GPU that no other replica holds (flock on a shared volume), so that
-#            `docker compose up --scale worker=N` puts one worker process on each GPU;
-#         2. builds the inference engines once into the engine cache volume (first start only: one
-#            replica builds under a lock, the others wait and reuse the result);
+# worker: 1. claims one GPU, or one MIG device, that no other worker on this Docker host holds (flock on
+#            the host-wide `diffv2s-gpu-claims` volume), so `docker compose up --scale worker=N` puts one
+#            worker process on each GPU, and a second stack or a `docker run` that mounts the same
+#            volume cannot double-book one;
+#         2. builds the inference engines once per claimed device into the engine cache volume, in a
+#            folder named after the device's UUID (first start only: one replica builds under a lock,
+#            a restart reuses the result);
 #         3. execs the Celery worker, which keeps the GPU lock open for its whole life.
 set -eu
 
@@ -12,6 +15,17 @@ ROLE_FILE=${DIFFV2S_ROLE_FILE:-/tmp/diffv2s-role}
 GPU_CLAIM_DIR=${DIFFV2S_GPU_CLAIM_DIR:-/run/diffv2s-gpu}
 
 log() { echo "diffv2s-entrypoint: $*" >&2; }
+
+# The CUDA devices a worker can claim, one UUID per line, from `nvidia-smi -L`: a GPU's own UUID
+# (GPU-...), or, for a GPU in MIG mode, the UUIDs of its MIG devices (MIG-...) instead; CUDA cannot run
+# on a MIG-enabled GPU as a whole.
+claimable_devices() {
+    nvidia-smi -L 2>/dev/null | awk '
+        function uuid() { match($0, /UUID: [^)]*/); return substr($0, RSTART + 6, RLENGTH - 6) }
+        /^GPU [0-9]/ { if (gpu != "" && !mig) print gpu; gpu = uuid(); mig = 0; next }
+        /UUID: MIG-/ { print uuid(); mig = 1 }
+        END { if (gpu != "" && !mig) print gpu }'
+}
 
 claim_gpu() {
     [ "${DIFFV2S_CLAIM_GPU:-1}" = "1" ] || return 0
@@ -23,14 +37,18 @@ claim_gpu() {
         log "no nvidia-smi in the container: no GPU to claim (CPU run)"
         return 0
     fi
-    uuids=$(nvidia-smi --query-gpu=uuid --format=csv,noheader 2>/dev/null || true)
-    if [ -z "$uuids" ]; then
+    devices=$(claimable_devices || true)
+    if [ -z "$devices" ]; then
         log "nvidia-smi lists no GPU: running without one"
         return 0
     fi
     mkdir -p "$GPU_CLAIM_DIR"
+    if command -v mountpoint >/dev/null 2>&1 && ! mountpoint -q "$GPU_CLAIM_DIR"; then
+        log "warning: $GPU_CLAIM_DIR is not a mounted volume, so other containers cannot see this claim;" \
+            "mount the diffv2s-gpu-claims volume there (README, Deploy)"
+    fi
     while :; do
-        for uuid in $uuids; do
+        for uuid in $devices; do
             # fd 9 stays open through `exec` below, so the claim lasts exactly as long as the worker.
             exec 9>"$GPU_CLAIM_DIR/$uuid.lock"
             if flock -n 9; then
@@ -40,23 +58,28 @@ claim_gpu() {
             fi
             exec 9>&-
         done
-        log "every GPU is held by another worker replica; waiting for one to free up"
+        log "every GPU is held by another worker on this host; waiting for one to free up"
         sleep "${DIFFV2S_GPU_CLAIM_RETRY_S:-10}"
     done
 }
 
 engine_cache_key() {
-    # TensorRT engines only run on the GPU model and TensorRT version they were built for.
-    gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 || true)
+    # TensorRT engines run only on the device and TensorRT version they were built for, so the folder
+    # is named after the device this worker uses: the UUID it claimed (or the operator's choice), not
+    # GPU 0 of the host, and a MIG device gets its own folder.
+    device=${CUDA_VISIBLE_DEVICES:-}
+    if [ -z "$device" ] && command -v nvidia-smi >/dev/null 2>&1; then
+        device=$(claimable_devices | head -n 1 || true)
+    fi
     versions=$(python -c 'import importlib.metadata as m
 out = []
-for name in ("diffv2s", "tensorrt", "onnxruntime-gpu"):
+for name in ("diffv2s", "tensorrt", "tensorrt-cu13", "onnxruntime-gpu"):
     try:
         out.append(name + "-" + m.version(name))
     except m.PackageNotFoundError:
         pass
 print("_".join(out))')
-    printf '%s_%s' "${gpu:-nogpu}" "$versions" | tr -c 'A-Za-z0-9._-' '_'
+    printf '%s_%s' "${device:-nogpu}" "$versions" | tr -c 'A-Za-z0-9._-' '_'
 }
 
 build_engines() {
@@ -68,7 +91,8 @@ build_engines() {
     key=$(engine_cache_key)
     target="$root/$key"
     mkdir -p "$root"
-    exec 8>"$root/.build.lock"
+    # One lock per folder: workers on different GPUs build side by side, a restart waits for nothing.
+    exec 8>"$root/.build-$key.lock"
     flock 8
     if [ ! -f "$target/.complete" ]; then
         log "building ${DIFFV2S_ENGINE} engines into $target (first start on this GPU; takes a while)"

@@ -21,6 +21,15 @@ from pathlib import Path
 
 ROLE_FILE = Path(os.environ.get("DIFFV2S_ROLE_FILE", "/tmp/diffv2s-role"))
 TIMEOUT_S = 4.0
+# No ProxyHandler: the probe targets this container's own loopback, and an HTTP_PROXY set for the
+# application's outbound traffic would otherwise route it to the proxy and mark the container unhealthy.
+_OPENER = urllib.request.OpenerDirector()
+for _handler in (
+    urllib.request.HTTPHandler(),
+    urllib.request.HTTPDefaultErrorHandler(),
+    urllib.request.HTTPErrorProcessor(),
+):
+    _OPENER.add_handler(_handler)
 
 
 def metric_values(text: str, name: str) -> list[float]:
@@ -44,7 +53,7 @@ def metric_values(text: str, name: str) -> list[float]:
 def probe(url: str, metric: str | None = None) -> tuple[bool, str]:
     """(healthy, reason) for one URL, optionally requiring `metric` >= 1 in its body."""
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:  # noqa: S310 (local URL)
+        with _OPENER.open(url, timeout=TIMEOUT_S) as resp:
             body = resp.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return False, f"{url} answered {exc.code}"

@@ -23,21 +23,27 @@ ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "deploy" / "docker" / "entrypoint.sh"
 HEALTHCHECK = ROOT / "deploy" / "docker" / "healthcheck.py"
 GPUS = ["GPU-aaaaaaaa-0000", "GPU-bbbbbbbb-1111"]
+# `nvidia-smi -L` as the driver prints it: two whole GPUs.
+SMI_LIST = "".join(f"GPU {i}: NVIDIA Test GPU (UUID: {uuid})\n" for i, uuid in enumerate(GPUS))
+# GPU 0 in MIG mode with two MIG devices, GPU 1 whole.
+MIGS = ["MIG-11111111-aaaa", "MIG-22222222-bbbb"]
+SMI_LIST_MIG = (
+    f"GPU 0: NVIDIA A100-SXM4-40GB (UUID: {GPUS[0]})\n"
+    f"  MIG 3g.20gb     Device  0: (UUID: {MIGS[0]})\n"
+    f"  MIG 3g.20gb     Device  1: (UUID: {MIGS[1]})\n"
+    f"GPU 1: NVIDIA A100-SXM4-40GB (UUID: {GPUS[1]})\n"
+)
 
 
 @pytest.fixture()
 def fake_bin(tmp_path: Path) -> Path:
-    """A PATH folder with an `nvidia-smi` listing two GPUs and a `diffv2s` whose export is slow."""
+    """A PATH folder with an `nvidia-smi -L` listing two GPUs (from smi-list.txt beside it, which a test
+    may rewrite) and a `diffv2s` whose export is slow."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    (bin_dir / "smi-list.txt").write_text(SMI_LIST)
     smi = bin_dir / "nvidia-smi"
-    smi.write_text(
-        "#!/bin/sh\n"
-        'case "$*" in\n'
-        f'  *uuid*) printf "%s\\n" {" ".join(GPUS)} ;;\n'
-        '  *name*) echo "NVIDIA Test GPU" ; echo "NVIDIA Test GPU" ;;\n'
-        "esac\n"
-    )
+    smi.write_text('#!/bin/sh\n[ "$1" = -L ] || exit 9\ncat "$(dirname "$0")/smi-list.txt"\n')
     exporter = bin_dir / "diffv2s"
     # Records each build, takes long enough that concurrent replicas really overlap.
     exporter.write_text(
@@ -106,6 +112,65 @@ def test_each_replica_claims_a_different_gpu_and_a_surplus_one_waits(fake_bin: P
     assert "every GPU is held" in (procs[2].stderr.read() if procs[2].stderr else "")
 
 
+def test_a_gpu_in_mig_mode_is_claimed_as_its_mig_devices(fake_bin: Path, tmp_path: Path) -> None:
+    (fake_bin / "smi-list.txt").write_text(SMI_LIST_MIG)
+    env = {
+        "PATH": f"{fake_bin}:{os.environ['PATH']}",
+        "DIFFV2S_GPU_CLAIM_DIR": str(tmp_path / "claims"),
+        "DIFFV2S_GPU_CLAIM_RETRY_S": "0.1",
+    }
+    listed = run_functions("claimable_devices", env)
+    out, err = listed.communicate(timeout=10)
+    assert listed.returncode == 0, err
+    assert sorted(out.split()) == sorted([*MIGS, GPUS[1]]), "a MIG-enabled GPU is not itself usable"
+    procs, outs = [], []
+    try:
+        for i in range(3):
+            outs.append(tmp_path / f"replica{i}.txt")
+            procs.append(
+                run_functions(f'claim_gpu; echo "$CUDA_VISIBLE_DEVICES" >"{outs[i]}"; exec sleep 30', env)
+            )
+            wait_for_line(outs[i])
+        assert sorted(o.read_text().strip() for o in outs) == sorted([*MIGS, GPUS[1]])
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_engine_folders_are_named_after_the_claimed_device(fake_bin: Path, tmp_path: Path) -> None:
+    """Two replicas on two different GPUs build two folders, each named after its own device."""
+    cache = tmp_path / "engine-cache"
+    env = {
+        "PATH": f"{fake_bin}:{os.environ['PATH']}",
+        "DIFFV2S_GPU_CLAIM_DIR": str(tmp_path / "claims"),
+        "DIFFV2S_ENGINE": "tensorrt",
+        "DIFFV2S_ENGINE_DIR": str(cache),
+        "DIFFV2S_TEST_BUILD_LOG": str(tmp_path / "builds.log"),
+    }
+    script = 'claim_gpu; build_engines; echo "$CUDA_VISIBLE_DEVICES $DIFFV2S_ENGINE_DIR"; exec sleep 30'
+    procs = [run_functions(script, env) for _ in GPUS]
+    try:
+        lines = [p.stdout.readline().split() for p in procs if p.stdout]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert sorted(device for device, _ in lines) == sorted(GPUS)
+    for device, folder in lines:
+        assert Path(folder).parent == cache and Path(folder).name.startswith(device + "_")
+    assert len((tmp_path / "builds.log").read_text().split()) == 2
+
+
+def test_a_claim_outside_a_shared_volume_is_reported(fake_bin: Path, tmp_path: Path) -> None:
+    env = {"PATH": f"{fake_bin}:{os.environ['PATH']}", "DIFFV2S_GPU_CLAIM_DIR": str(tmp_path / "claims")}
+    proc = run_functions('claim_gpu; echo "$CUDA_VISIBLE_DEVICES"', env)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and out.strip() == GPUS[0]
+    # tmp_path is not a mount point: the worker still starts, and says its claim is container-local.
+    assert "not a mounted volume" in err
+
+
 def test_operator_pinned_gpu_is_respected(fake_bin: Path, tmp_path: Path) -> None:
     env = {
         "PATH": f"{fake_bin}:{os.environ['PATH']}",
@@ -138,7 +203,7 @@ def test_engines_are_built_once_and_shared_by_concurrent_replicas(fake_bin: Path
     built = Path(dirs[0])
     assert built.parent == cache and (built / ".complete").is_file()
     assert (built / "denoiser.engine").read_text() == "engine\n"
-    assert "NVIDIA_Test_GPU" in built.name  # engines are keyed by the GPU model
+    assert built.name.startswith(GPUS[0] + "_")  # engines are keyed by the device the worker uses
     # A restart reuses the cache without building again.
     again = run_functions('build_engines; echo "$DIFFV2S_ENGINE_DIR"', env)
     out, err = again.communicate(timeout=30)
@@ -221,6 +286,23 @@ def test_healthcheck_fails_on_errors_and_unreachable_ports(
     assert healthcheck(f"{url}/healthz").returncode == 0
     assert healthcheck(f"{url}/missing").returncode == 1
     assert healthcheck("http://127.0.0.1:9/healthz").returncode == 1
+
+
+def test_healthcheck_ignores_proxy_variables(metrics_server: tuple[str, type[_Metrics]]) -> None:
+    """A proxy set for the application's outbound traffic must not swallow the local probe."""
+    url, handler = metrics_server
+    handler.body = b"diffv2s_model_live 1.0\n"
+    dead_proxy = "http://127.0.0.1:9"  # nothing listens: a probe sent there fails
+    env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+    env |= {"HTTP_PROXY": dead_proxy, "http_proxy": dead_proxy, "ALL_PROXY": dead_proxy}
+    proc = subprocess.run(
+        [sys.executable, str(HEALTHCHECK), f"{url}/metrics", "diffv2s_model_live"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_healthcheck_without_arguments_probes_the_recorded_role(

@@ -31,8 +31,20 @@ COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
 DOCKERFILE = ROOT / "Dockerfile.gpu"
 ENTRYPOINT = DEPLOY / "docker" / "entrypoint.sh"
-# Values for the variables the compose file requires (`${VAR:?...}`), so `config` can resolve it.
-COMPOSE_ENV = {"DIFFV2S_API_KEYS": "k" * 32, "GRAFANA_ADMIN_PASSWORD": "not-a-real-password"}
+LOCK = DEPLOY / "docker" / "requirements-gpu.lock"
+NODEPS_LOCK = DEPLOY / "docker" / "requirements-nodeps.lock"
+UV_CONFIG = DEPLOY / "docker" / "uv.toml"
+ALERTS = DEPLOY / "prometheus" / "rules" / "diffv2s-alerts.yml"
+# The one CUDA major of the image: base image, torch, TensorRT and ONNX Runtime (README, Deploy).
+CUDA_MAJOR = 13
+# The TensorRT major diffv2s/engines/trt_backend.py is built and tested against (strongly typed networks
+# also build on 11, but ONNX Runtime's TensorRT provider links TensorRT 10).
+TENSORRT_MAJOR = 10
+
+
+def shell_env_without_settings() -> dict[str, str]:
+    """The environment of a fresh shell: no DIFFV2S_* or GRAFANA_* variable exported."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("DIFFV2S_", "GRAFANA_"))}
 
 
 def tool(name: str) -> str:
@@ -56,7 +68,14 @@ def compose_config(*files: Path, env: dict[str, str] | None = None) -> dict[str,
     args = [tool("docker-compose")]
     for f in files:
         args += ["-f", str(f)]
-    proc = run([*args, "config"], env={**COMPOSE_ENV, **(env or {})})
+    proc = subprocess.run(
+        [*args, "config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**shell_env_without_settings(), **(env or {})},
+    )
     assert proc.returncode == 0, proc.stderr
     return yaml.safe_load(proc.stdout)
 
@@ -222,18 +241,111 @@ def test_compose_file_is_valid_for_docker_compose() -> None:
         assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
 
 
-def test_compose_refuses_to_start_without_api_keys() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "DIFFV2S_API_KEYS"}
-    env["GRAFANA_ADMIN_PASSWORD"] = "x"
-    proc = subprocess.run(
-        [tool("docker-compose"), "-f", str(COMPOSE), "config"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert proc.returncode != 0
-    assert "DIFFV2S_API_KEYS" in proc.stderr
+def test_compose_needs_no_variable_from_the_shell() -> None:
+    """`${VAR:?}` makes every compose command (ps, logs, stop) fail in a shell that lacks VAR."""
+    for path in (COMPOSE, COMPOSE_CPU):
+        assert not re.search(r"\$\{[A-Za-z0-9_]+:?\?", path.read_text()), f"{path.name} requires a variable"
+    compose_config(COMPOSE)  # resolves with no DIFFV2S_* / GRAFANA_* variable set
+
+
+def test_secrets_are_files_mounted_as_compose_secrets_not_environment() -> None:
+    model = compose_config(COMPOSE)
+    services = model["services"]
+    secrets = model["secrets"]
+    for svc, variable, secret in (
+        ("gateway", "DIFFV2S_API_KEYS_FILE", "diffv2s_api_keys"),
+        ("grafana", "GF_SECURITY_ADMIN_PASSWORD__FILE", "grafana_admin_password"),
+    ):
+        env = services[svc]["environment"]
+        assert env[variable] == f"/run/secrets/{secret}", svc
+        mounted = [x if isinstance(x, str) else x["source"] for x in services[svc]["secrets"]]
+        assert secret in mounted, svc
+        assert Path(secrets[secret]["file"]).parent == DEPLOY / "secrets"
+    # No key or password in any service's environment: `docker inspect` would show it.
+    for name, svc in services.items():
+        for key, value in (svc.get("environment") or {}).items():
+            if re.search(r"API_KEYS$|PASSWORD$|SECRET", key):
+                assert value is None or str(value).startswith("/run/secrets/"), (name, key)
+    # The secret files stay out of git and out of the image's build context.
+    ignored = (DEPLOY / "secrets" / ".gitignore").read_text().split()
+    assert "*" in ignored and "!create" in ignored
+    assert "deploy/secrets" in (ROOT / ".dockerignore").read_text().split()
+
+
+def test_secrets_script_writes_each_file_once(tmp_path: Path) -> None:
+    """Re-running it must never replace a key clients already use."""
+    env = {"DIFFV2S_SECRETS_DIR": str(tmp_path / "secrets")}
+    script = DEPLOY / "secrets" / "create"
+    assert os.access(script, os.X_OK)
+    first = run([tool("sh"), str(script)], env=env)
+    assert first.returncode == 0, first.stderr
+    keys = (tmp_path / "secrets" / "api_keys").read_text()
+    assert len(keys.strip()) >= 24  # the gateway's minimum key length in prod
+    assert run([tool("sh"), str(script)], env=env).returncode == 0
+    assert (tmp_path / "secrets" / "api_keys").read_text() == keys
+    assert (tmp_path / "secrets").stat().st_mode & 0o077 == 0
+
+
+def published_ports(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(host address, host port) of each published port, in either form docker-compose prints."""
+    out = []
+    for p in service.get("ports", []):
+        if isinstance(p, dict):
+            out.append((str(p.get("host_ip", "0.0.0.0")), str(p.get("published", ""))))
+            continue
+        parts = str(p).split("/")[0].split(":")
+        out.append((parts[0], parts[1]) if len(parts) == 3 else ("0.0.0.0", parts[0]))
+    return out
+
+
+def test_only_the_gateway_is_published_beyond_loopback() -> None:
+    """Prometheus (with /-/quit open) and Grafana listen on the host's loopback only."""
+    services = compose_config(COMPOSE)["services"]
+    assert [a for a, _ in published_ports(services["gateway"])] == ["0.0.0.0"]
+    for name in ("prometheus", "grafana"):
+        ports = published_ports(services[name])
+        assert ports and all(addr == "127.0.0.1" for addr, _ in ports), (name, ports)
+    for name in ("redis", "worker"):
+        assert not published_ports(services[name]), name
+    # Changing the port through its variable keeps the loopback binding.
+    moved = compose_config(COMPOSE, env={"DIFFV2S_GRAFANA_PORT": "3300"})["services"]["grafana"]
+    assert published_ports(moved) == [("127.0.0.1", "3300")]
+
+
+def test_redis_is_bounded_in_memory_and_never_evicts_job_data() -> None:
+    command = compose_config(COMPOSE)["services"]["redis"]["command"]
+    assert re.fullmatch(r"\d+(gb|mb)", command[command.index("--maxmemory") + 1])
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+
+
+def test_every_service_rotates_its_logs() -> None:
+    for name, svc in compose_config(COMPOSE)["services"].items():
+        logging = svc.get("logging", {})
+        assert logging.get("driver") in ("json-file", "local"), name
+        assert logging["options"]["max-size"] and int(logging["options"]["max-file"]) >= 1, name
+
+
+def test_gpu_claims_are_shared_by_every_stack_on_the_host() -> None:
+    """A second project (`-p other`) must claim from the same lock files, not a project-scoped copy."""
+    for project in ("diffv2s", "other"):
+        model = compose_config(COMPOSE, env={"COMPOSE_PROJECT_NAME": project})
+        assert model["volumes"]["gpu-claims"]["name"] == "diffv2s-gpu-claims"
+    assert ("gpu-claims", "/run/diffv2s-gpu") in named_volume_mounts(compose_config(COMPOSE), "worker")
+    assert "DIFFV2S_GPU_CLAIM_DIR:-/run/diffv2s-gpu" in ENTRYPOINT.read_text()
+
+
+def seconds(duration: str) -> int:
+    """A Compose / Prometheus duration such as 1h30m, 30m or 75s, in seconds."""
+    m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert m and duration, duration
+    return int(m.group(1) or 0) * 3600 + int(m.group(2) or 0) * 60 + int(m.group(3) or 0)
+
+
+def test_worker_not_ready_alert_waits_for_the_healthcheck_start_period() -> None:
+    """Engines build during the start period; the alert must not page about a build Docker still allows."""
+    start_period = compose_config(COMPOSE)["services"]["worker"]["healthcheck"]["start_period"]
+    rules = {r.get("alert"): r for g in load_yaml(ALERTS)["groups"] for r in g["rules"]}
+    assert seconds(rules["DiffV2SWorkerNotReady"]["for"]) >= seconds(start_period)
 
 
 def test_worker_scales_and_reserves_a_gpu() -> None:
@@ -249,11 +361,16 @@ def test_worker_stop_grace_period_outlasts_its_soft_shutdown() -> None:
 
     worker = compose_config(COMPOSE)["services"]["worker"]
     assert worker.get("stop_signal", "SIGTERM") == "SIGTERM"  # Celery's warm shutdown
-    m = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", worker["stop_grace_period"])
-    assert m, worker["stop_grace_period"]
-    grace_s = int(m.group(1) or 0) * 60 + int(m.group(2) or 0)
-    # How long the worker lets its batch in flight finish on a warm shutdown.
-    shutdown_s = inspect.signature(ModelRuntime.stop).parameters["timeout"].default
+    grace_s = seconds(worker["stop_grace_period"])
+    # How long the worker lets its batch in flight finish on a warm shutdown: its setting where the worker
+    # has one, else ModelRuntime.stop's default.
+    from worker.settings import WorkerSettings
+
+    grace_field = WorkerSettings.model_fields.get("shutdown_grace_s")
+    if grace_field is not None:
+        shutdown_s = grace_field.default
+    else:
+        shutdown_s = inspect.signature(ModelRuntime.stop).parameters["timeout"].default
     # Docker's SIGKILL must come after the worker had its whole soft shutdown, with a margin.
     assert shutdown_s + 5 <= grace_s <= shutdown_s + 60
 
@@ -338,11 +455,27 @@ def test_cpu_override_drops_the_gpu_reservation_and_stays_valid(tmp_path: Path) 
         shutil.copy(ROOT / name, tmp_path / name)
     worker = compose_config(merged_file)["services"]["worker"]
     assert "devices" not in worker.get("deploy", {}).get("resources", {}).get("reservations", {})
-    assert worker["environment"]["DIFFV2S_ENGINE"] == "torch"
-    assert worker["environment"]["DIFFV2S_DEVICE"] == "cpu"
-    assert worker["environment"]["DIFFV2S_BUILD_ENGINES"] == "0"
+    env = worker["environment"]
+    assert env["DIFFV2S_DEVICE"] == "cpu"
+    # A CPU engine by default (not TensorRT), the operator's choice when set, exported at first start.
+    assert env["DIFFV2S_ENGINE"] == "onnxruntime-cpu-int8"
+    assert env.get("DIFFV2S_BUILD_ENGINES", "1") == "1"
+    assert int(env["DIFFV2S_TORCH_THREADS"]) >= 1  # replicas must not each take every core
+    chosen = compose_config(merged_file, env={"DIFFV2S_ENGINE": "torch", "DIFFV2S_TORCH_THREADS": "3"})
+    assert chosen["services"]["worker"]["environment"]["DIFFV2S_ENGINE"] == "torch"
+    assert chosen["services"]["worker"]["environment"]["DIFFV2S_TORCH_THREADS"] == "3"
     # Everything else of the worker is kept from the base file.
     assert worker["healthcheck"]["test"] == load_yaml(COMPOSE)["services"]["worker"]["healthcheck"]["test"]
+    assert worker["logging"] == load_yaml(COMPOSE)["services"]["worker"]["logging"]
+
+
+def test_cpu_override_sets_only_real_worker_settings() -> None:
+    from worker.settings import WorkerSettings
+
+    known = {f"DIFFV2S_{name.upper()}" for name in WorkerSettings.model_fields}
+    known |= set(re.findall(r"\$\{?(DIFFV2S_[A-Z0-9_]+)", ENTRYPOINT.read_text()))
+    override = yaml.load(COMPOSE_CPU.read_text(), Loader=_reset_loader())  # noqa: S506 (SafeLoader subclass)
+    assert set(override["services"]["worker"]["environment"]) - known == set()
 
 
 # ---- Dockerfile.gpu and its entrypoint -------------------------------------------------------------------
@@ -363,17 +496,109 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 def test_dockerfile_is_multi_stage_on_cuda_with_a_non_root_user_and_a_healthcheck() -> None:
     ins = dockerfile_instructions()
     froms = [a for i, a in ins if i == "FROM"]
-    assert len(froms) >= 2, "builder and runtime stages"
+    assert len(froms) >= 2, "dependency and runtime stages"
     args = dict(a.split("=", 1) for i, a in ins if i == "ARG" and "=" in a)
-    assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+", args["CUDA_IMAGE"])
+    # NVIDIA's `base` flavour: no cuDNN / cuBLAS in the image besides the wheels' copies, and
+    # NVIDIA_REQUIRE_CUDA refuses a driver too old for this CUDA major.
+    m = re.fullmatch(r"nvidia/cuda:(\d+)\.\d+\.\d+-base-ubuntu\d+\.\d+", args["CUDA_IMAGE"])
+    assert m, args["CUDA_IMAGE"]
+    assert int(m.group(1)) == CUDA_MAJOR
     assert all(f.startswith("${CUDA_IMAGE}") for f in froms)
-    run_lines = " ".join(a for i, a in ins if i == "RUN")
-    assert ".[service,gpu" in run_lines
-    assert "torch==2.13.0" in run_lines
     users = [a for i, a in ins if i == "USER"]
     assert users and users[-1] not in ("root", "0")
     assert any(i == "HEALTHCHECK" for i, _ in ins)
     assert any(i == "ENTRYPOINT" and "diffv2s-entrypoint" in a for i, a in ins)
+
+
+def test_dockerfile_installs_dependencies_from_the_lock_before_the_source() -> None:
+    ins = dockerfile_instructions()
+    runs = [(n, a) for n, (i, a) in enumerate(ins) if i == "RUN"]
+    lock_installs = [n for n, a in runs if "--require-hashes" in a and "requirements-gpu.lock" in a]
+    assert lock_installs, "dependencies come from the hashed lock"
+    # Every pip install is either from a lock or of the source without dependencies: nothing resolves a
+    # version range at build time.
+    for _, a in runs:
+        for cmd in re.findall(r"pip install[^&;]*", a):
+            assert "--require-hashes" in cmd or "--no-deps" in cmd, cmd
+            if "--require-hashes" not in cmd:
+                assert "-r " not in cmd and "==" not in cmd, cmd
+    source_copies = [
+        n for n, (i, a) in enumerate(ins) if i == "COPY" and re.match(r"(diffv2s|service|worker)\b", a)
+    ]
+    assert source_copies and min(source_copies) > max(lock_installs), "source is copied after dependencies"
+    source_install = [n for n, a in runs if "--no-deps" in a and "--require-hashes" not in a]
+    assert source_install and source_install[-1] > max(source_copies)
+    # Every package the image runs is copied in (jobs/ is shared by the gateway and the workers).
+    copied = " ".join(a for i, a in ins if i == "COPY")
+    for package in ("diffv2s", "jobs", "service", "worker", "model_export"):
+        assert re.search(rf"(^|\s){package}\s", copied), package
+
+
+def lock_pins(path: Path) -> dict[str, str]:
+    """{normalised name: version} of a pip-compile style lock (`name==version \\` lines)."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^]]*\])?==([^ ;\\]+)", line)
+        if m:
+            pins[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    return pins
+
+
+def test_lock_is_complete_and_hashed() -> None:
+    for path in (LOCK, NODEPS_LOCK):
+        text = path.read_text()
+        entries = re.findall(r"^[A-Za-z0-9][^ ]*==", text, flags=re.M)
+        assert entries and len(
+            re.findall(r"^[A-Za-z0-9][^\n]*\\\n\s+--hash=sha256:", text, flags=re.M)
+        ) == len(entries), f"{path.name}: every pin carries hashes"
+    # Everything pyproject asks for in the image ([service,gpu,landmarks] and the core) is in the lock.
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = list(project["dependencies"])
+    for extra in ("service", "gpu", "landmarks"):
+        wanted += project["optional-dependencies"][extra]
+    pins = lock_pins(LOCK)
+    names = {re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", w).group(0)).lower() for w in wanted}  # type: ignore[union-attr]
+    assert names - set(pins) == set(), "pyproject changed: recompile the lock (requirements-gpu.in)"
+    assert pins["torch"] == re.search(r'"torch==([^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)  # type: ignore[union-attr]
+
+
+def test_lock_pins_one_cuda_major_and_the_tensorrt_major_of_the_code() -> None:
+    pins = lock_pins(LOCK)
+    major = lambda name: int(pins[name].split(".")[0])  # noqa: E731
+    # torch's CUDA: its toolkit and runtime wheels; ONNX Runtime's [cuda,cudnn] extras share them.
+    assert major("cuda-toolkit") == CUDA_MAJOR and major("nvidia-cuda-runtime") == CUDA_MAJOR
+    assert f"nvidia-cudnn-cu{CUDA_MAJOR}" in pins
+    # TensorRT for the same CUDA major, in the major the backend is written for.
+    assert major(f"tensorrt-cu{CUDA_MAJOR}") == TENSORRT_MAJOR
+    assert pins[f"tensorrt-cu{CUDA_MAJOR}-libs"] == pins[f"tensorrt-cu{CUDA_MAJOR}-bindings"]
+    assert pins[f"tensorrt-cu{CUDA_MAJOR}-libs"] == pins[f"tensorrt-cu{CUDA_MAJOR}"]
+    assert "onnxruntime-gpu" in pins and "onnxruntime" not in pins, "the CPU build would shadow the GPU one"
+    assert "nvidia-ml-py" in pins
+    # Nothing built for another CUDA major: one set of CUDA libraries in the image.
+    other = [n for n in pins if re.search(r"-cu(\d+)$", n) and not n.endswith(f"-cu{CUDA_MAJOR}")]
+    other += [n for n in pins if re.search(r"-cu(\d+)-", n) and f"-cu{CUDA_MAJOR}-" not in n]
+    assert other == [], other
+    # pyproject's [gpu] extra allows exactly these majors, and the uv metadata for TensorRT's source
+    # packages matches the locked version.
+    gpu = " ".join(
+        __import__("tomllib").loads((ROOT / "pyproject.toml").read_text())["project"][
+            "optional-dependencies"
+        ]["gpu"]
+    )
+    assert f"tensorrt-cu{CUDA_MAJOR}>={TENSORRT_MAJOR}" in gpu and f"<{TENSORRT_MAJOR + 1}" in gpu
+    assert "onnxruntime-gpu" in gpu and "<2" in gpu
+    uv_versions = set(re.findall(r'^version = "([^"]+)"', UV_CONFIG.read_text(), flags=re.M))
+    assert uv_versions == {pins[f"tensorrt-cu{CUDA_MAJOR}"]}
+
+
+def test_dockerfile_advertises_only_roles_the_entrypoint_has() -> None:
+    roles = set(re.findall(r"^\s{8}([a-z]+)\)$", ENTRYPOINT.read_text(), flags=re.M))
+    assert roles == {"gateway", "worker", "export"}
+    (usage,) = re.findall(r"diffv2s:latest worker\s+# or: (.*)", DOCKERFILE.read_text())
+    advertised = {part.split()[0] for part in usage.split("|")}
+    assert advertised - roles == {"any"}, advertised  # "any command" runs as is
 
 
 def test_every_file_the_dockerfile_copies_exists_and_is_in_the_build_context() -> None:
