@@ -25,7 +25,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Train DiffV2S: cache -> visual encoder -> speaker extractor -> denoiser -> checkpoint.",
     )
     p.add_argument(
-        "--data", type=Path, required=True, help="synthetic corpus (corpus.json) or LRS3-layout tree"
+        "--data",
+        type=Path,
+        default=None,
+        help="synthetic corpus (corpus.json) or LRS3-layout tree (a resumed run reads it from run.json)",
     )
     p.add_argument("--out", type=Path, required=True, help="run folder (state, curves, final checkpoint)")
     p.add_argument("--minutes", type=float, default=110.0, help="wall-clock budget for the whole recipe")

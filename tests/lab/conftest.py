@@ -118,3 +118,29 @@ def write_official_checkpoint(path: Path, seed: int = 0) -> dict[str, torch.Tens
 def official_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
     path = tmp_path_factory.mktemp("avhubert") / "tiny_vox_iter5.pt"
     return path, write_official_checkpoint(path)
+
+
+TINY = ["--override", "denoiser.layers=1", "denoiser.width=32", "denoiser.heads=2"]
+
+
+def paper_args(tree: Path, avhubert: Path, out: Path, *extra: str) -> list[str]:
+    """`diffv2s train` arguments of the tiny paper-path run (one process, CPU)."""
+    return [
+        "--preset", "paper", "--avhubert", str(avhubert), "--data", str(tree), "--out", str(out),
+        "--workers", "1", "--threads", "1", "--speaker-steps", "2", "--denoiser-steps", "3",
+        "--speaker-batch", "2", "--denoiser-batch", "2", "--log-every-s", "0", "--no-progress", *TINY, *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def paper_run(
+    lrs3_tree: Path,
+    official_checkpoint: tuple[Path, dict[str, torch.Tensor]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """A finished tiny paper-path run folder (3 denoiser steps, global batch 2, one process)."""
+    from lab.training.cli import train_main
+
+    out = tmp_path_factory.mktemp("paper") / "run"
+    assert train_main(paper_args(lrs3_tree, official_checkpoint[0], out)) == 0
+    return out

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from diffv2s.checkpoints.store import load_checkpoint
@@ -16,27 +15,7 @@ from diffv2s.pipeline import Synthesizer
 from diffv2s.schemas import SynthesisParams, SynthesisRequest
 from lab.training.cli import train_main
 from tests.fixtures.videos import carphone_path
-
-TINY = ["--override", "denoiser.layers=1", "denoiser.width=32", "denoiser.heads=2"]
-
-
-def paper_args(tree: Path, avhubert: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--preset", "paper", "--avhubert", str(avhubert), "--data", str(tree), "--out", str(out),
-        "--workers", "1", "--threads", "1", "--speaker-steps", "2", "--denoiser-steps", "3",
-        "--speaker-batch", "2", "--denoiser-batch", "2", "--log-every-s", "0", "--no-progress", *TINY, *extra,
-    ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def paper_run(
-    lrs3_tree: Path,
-    official_checkpoint: tuple[Path, dict[str, torch.Tensor]],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Path:
-    out = tmp_path_factory.mktemp("paper") / "run"
-    assert train_main(paper_args(lrs3_tree, official_checkpoint[0], out)) == 0
-    return out
+from tests.lab.conftest import paper_args
 
 
 def test_the_encoder_is_the_official_file_frozen(
