@@ -7,10 +7,14 @@ keyed by GPU name + compute capability + TensorRT version + ONNX file hash + pre
 starts deserialize it. A file lock keeps two workers on one machine from building the same engine twice.
 Speaker guidance keeps the torch path (`diffv2s.engines.torch_backend.hybrid_engines`).
 
-fp16: matrix multiplies and convolutions run in fp16; normalisation, element-wise, unary (sin/cos/erf/exp)
-and reduction layers are asked to stay fp32 (`PREFER_PRECISION_CONSTRAINTS`): the timestep and frame-position
-sinusoids take arguments up to ~1000, where fp16's resolution (0.5) would scramble them, and the
-conditioning resampler computes frame indices in float. TF32 is off so "fp32" means fp32.
+Networks are strongly typed (`NetworkDefinitionCreationFlag.STRONGLY_TYPED`, TensorRT 10; the only mode
+in TensorRT 11): every tensor has the type the ONNX graph gives it, and the builder picks no precision of
+its own. fp16 is therefore chosen in the graph: `fp16_graph` rewrites the exported float32 file so that
+matrix multiplies and convolutions (and their weights) are float16, with Casts around them, and every
+other node stays float32: normalisation, element-wise, unary (sin/cos/erf/exp) and reductions, because the
+timestep and frame-position sinusoids take arguments up to ~1000, where fp16's resolution (0.5) would
+scramble them, and the conditioning resampler computes frame indices in float. Inputs and outputs keep
+their exported types. TF32 is off where the flag exists, so "fp32" means fp32.
 
 `tensorrt` is imported lazily: this module imports on machines without it. Buffers are torch CUDA tensors,
 run on torch's current stream, so no other CUDA binding is needed.
@@ -39,7 +43,9 @@ from diffv2s.errors import CheckpointError, DiffV2SError, InferenceEngineUnavail
 from diffv2s.model import DiffV2S
 
 CACHE_DIR = "tensorrt-cache"
-PRECISION_POLICY = "fp16-matmul-conv/fp32-rest-v1"  # part of the cache key: change it when the policy changes
+PRECISION_POLICY = "strongly-typed/fp16-matmul-conv/fp32-rest-v2"  # in the cache key: change with the policy
+# The ONNX ops whose float tensors become float16 in the fp16 graph; every other op keeps float32.
+FP16_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
 WORKSPACE_BYTES = 4 << 30
 
 _LOGGER: Any = None
@@ -51,7 +57,7 @@ def import_tensorrt() -> Any:
         import tensorrt
     except ImportError as exc:
         raise InferenceEngineUnavailable(
-            "engine 'tensorrt' needs the TensorRT Python package (pip install 'diffv2s[gpu]', tensorrt>=10) "
+            "engine 'tensorrt' needs the TensorRT Python package (pip install 'diffv2s[gpu]': tensorrt-cu13 10) "
             "and a CUDA GPU; choose engine 'onnxruntime' or 'torch' otherwise."
         ) from exc
     return tensorrt
@@ -105,46 +111,91 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _keep_fp32(trt: Any, network: Any) -> None:
-    """Ask float layers other than matmul/conv/softmax to run in fp32 (see the module docstring)."""
-    fp32_types = {
-        trt.LayerType.NORMALIZATION,
-        trt.LayerType.ELEMENTWISE,
-        trt.LayerType.UNARY,
-        trt.LayerType.REDUCE,
-    }
-    floats = {trt.float32, trt.float16}
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if layer.type not in fp32_types:
+def fp16_graph(onnx_file: Path) -> bytes:
+    """The exported float32 graph with FP16_OPS in float16 (see the module docstring), serialized.
+
+    Each FP16_OPS node reads float16 inputs (a weight used only by such nodes is stored as float16, the
+    output of another such node is read as is, any other input goes through one Cast per tensor) and its
+    outputs are cast back to float32 under their original names, so every other node, the graph's inputs
+    and its outputs are untouched.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(onnx_file))
+    graph = model.graph
+    weights = {w.name: w for w in graph.initializer}
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    half_weights: set[str] = set()
+    casts: dict[str, str] = {}  # float32 tensor -> its float16 Cast
+    half_outputs: dict[str, str] = {}  # output of an FP16_OPS node -> its float16 name (no Cast needed)
+    nodes = []
+    for node in graph.node:
+        if node.op_type not in FP16_OPS:
+            nodes.append(node)
             continue
-        ins = [layer.get_input(k) for k in range(layer.num_inputs)]
-        outs = [layer.get_output(k) for k in range(layer.num_outputs)]
-        if all(t is None or t.dtype in floats for t in ins) and all(t.dtype in floats for t in outs):
-            layer.precision = trt.float32
-            for k in range(layer.num_outputs):
-                layer.set_output_type(k, trt.float32)
+        for k, name in enumerate(node.input):
+            if not name:
+                continue
+            w = weights.get(name)
+            if w is not None and w.data_type == TensorProto.FLOAT and readers[name] <= FP16_OPS:
+                if name not in half_weights:
+                    data = np.clip(numpy_helper.to_array(w), -65504, 65504).astype(np.float16)
+                    w.CopyFrom(numpy_helper.from_array(data, name))
+                    half_weights.add(name)
+                continue
+            if name in half_outputs:
+                node.input[k] = half_outputs[name]
+                continue
+            if name not in casts:
+                casts[name] = f"{name}/to_fp16"
+                nodes.append(helper.make_node("Cast", [name], [casts[name]], to=TensorProto.FLOAT16))
+            node.input[k] = casts[name]
+        outputs = list(node.output)
+        for k, name in enumerate(outputs):
+            half_outputs[name] = node.output[k] = f"{name}/fp16"
+        nodes.append(node)
+        for name in outputs:
+            nodes.append(helper.make_node("Cast", [f"{name}/fp16"], [name], to=TensorProto.FLOAT))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    # Shape inference's recorded types of the converted weights would now be wrong; TensorRT re-infers.
+    stale = [v for v in graph.value_info if v.name in half_weights]
+    for v in stale:
+        graph.value_info.remove(v)
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
 
 
 def build_serialized(
     onnx_file: Path, profile: Mapping[str, tuple[tuple[int, ...], ...]], fp16: bool
 ) -> bytes:
-    """Parse an ONNX file and build a serialized engine with one optimisation profile."""
+    """Parse an ONNX file into a strongly typed network and build a serialized engine with one optimisation
+    profile. fp16 = parse `fp16_graph(onnx_file)` instead of the file as exported."""
     trt = import_tensorrt()
     logger = _logger(trt)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    # Explicit batch is the only mode since TensorRT 10; strongly typed is the only one in 11, where the
+    # flag is kept and ignored.
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_file)):
+    parsed = (
+        parser.parse(fp16_graph(onnx_file), str(onnx_file))
+        if fp16
+        else parser.parse_from_file(str(onnx_file))
+    )
+    if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise CheckpointError(f"TensorRT cannot parse {onnx_file}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-    config.clear_flag(trt.BuilderFlag.TF32)
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-        _keep_fp32(trt, network)
+    tf32 = getattr(trt.BuilderFlag, "TF32", None)  # absent where TensorRT no longer has the flag
+    if tf32 is not None:
+        config.clear_flag(tf32)
     opt = builder.create_optimization_profile()
     for name, (lo, mid, hi) in profile.items():
         opt.set_shape(name, lo, mid, hi)
