@@ -7,6 +7,7 @@ CPU). Building and running engines needs a CUDA GPU: tests/diffv2s/engines/test_
 from __future__ import annotations
 
 import ast
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,9 @@ class _Block(nn.Module):
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("trt") / "block.onnx"
     torch.manual_seed(0)
-    with torch.no_grad():
+    # The TorchScript exporter, as model_export uses it; its deprecation warnings are expected.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             _Block().eval(),
             (torch.randn(2, 5, 16), torch.tensor([3.0, 999.0])),
