@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import shutil
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -320,8 +321,10 @@ def build_cache(
 
     Resumable: utterances found in existing shards (or recorded as failed) are skipped. When
     `should_stop()` turns true the utterances decoded so far are flushed to a shard and it returns.
-    Returns {"cached": n, "failed": [messages], "complete": bool}.
+    Returns {"cached": n, "failed": [messages], "complete": bool, "decoded": clips decoded by this call
+    (refused ones included), "seconds": its wall time}.
     """
+    t0 = time.perf_counter()
     split_dir.mkdir(parents=True, exist_ok=True)
     failed_path = split_dir / "failed.json"
     failed: list[str] = json.loads(failed_path.read_text()) if failed_path.exists() else []
@@ -330,6 +333,7 @@ def build_cache(
     for shard in shards:
         done.update(m["utt_id"] for m in json.loads((shard / "items.json").read_text()))
     todo = [u for u in utterances if u.utt_id not in done]
+    decoded = 0
     next_shard = len(shards)
     n_total, n_done = len(utterances), len(utterances) - len(todo)
     if progress:
@@ -353,6 +357,7 @@ def build_cache(
             else:
                 buffer.append(out)
             n_done += 1
+            decoded += 1
             if progress:
                 progress(n_done, n_total)
             if len(buffer) >= SHARD_SIZE:
@@ -365,4 +370,20 @@ def build_cache(
             close()
     flush()
     cached = sum(len(json.loads((s / "items.json").read_text())) for s in shard_dirs(split_dir))
-    return {"cached": cached, "failed": failed, "complete": not stopped}
+    return {
+        "cached": cached,
+        "failed": failed,
+        "complete": not stopped,
+        "decoded": decoded,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def refusal_counts(failed: Sequence[str]) -> dict[str, int]:
+    """How many clips were refused for each reason (the error code of `utt_id: code: message`)."""
+    counts: dict[str, int] = {}
+    for message in failed:
+        parts = message.split(": ", 2)
+        code = parts[1] if len(parts) > 2 else "error"
+        counts[code] = counts.get(code, 0) + 1
+    return counts

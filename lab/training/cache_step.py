@@ -15,7 +15,7 @@ from typing import Any
 from diffv2s.config import ModelConfig
 from diffv2s.errors import InputError
 from lab.training import data as corpus_data
-from lab.training.cache import build_cache
+from lab.training.cache import build_cache, refusal_counts
 from lab.training.loop import StopFlag
 from lab.training.options import TrainOptions
 from lab.training.run_folder import Run
@@ -82,7 +82,14 @@ def cache_step(
             progress,
         )
         bar.close()
-        summary[name] = {"cached": out["cached"], "failed": len(out["failed"])}
+        refused = refusal_counts(out["failed"])
+        summary[name] = {"cached": out["cached"], "failed": len(out["failed"]), "refused": refused}
+        rate = out["decoded"] / max(out["seconds"], 1e-9)
+        log(
+            f"[cache] {name}: {out['decoded']} clips decoded in {out['seconds']:.1f} s ({rate:.2f} clips/s, "
+            f"{opts.workers} processes); {out['cached']} cached, refused: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(refused.items())) or "none")
+        )
         for message in out["failed"][:5]:
             log(f"[cache] skipped {message}")
         if not out["complete"]:
