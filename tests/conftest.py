@@ -7,6 +7,7 @@ a folder's flushes never touch another's data.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -21,3 +22,13 @@ def redis_base() -> str:
     except redis.RedisError as exc:
         pytest.fail(f"these tests need a real Redis at {base} (set DIFFV2S_TEST_REDIS): {exc}", pytrace=False)
     return base
+
+
+@pytest.fixture
+def rdb(redis_url: str) -> Iterator[redis.Redis]:
+    """The requesting folder's own database (its conftest defines `redis_url`), flushed before and after."""
+    r = redis.Redis.from_url(redis_url)
+    r.flushdb()
+    yield r
+    r.flushdb()
+    r.close()

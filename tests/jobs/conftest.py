@@ -19,15 +19,6 @@ def redis_url(redis_base: str) -> str:
     return f"{redis_base}/{REDIS_DB}"
 
 
-@pytest.fixture
-def rdb(redis_url: str) -> Iterator[redis.Redis]:
-    r = redis.Redis.from_url(redis_url)
-    r.flushdb()
-    yield r
-    r.flushdb()
-    r.close()
-
-
 @pytest.fixture(params=["redis", "sqlite"])
 def job_store(
     request: pytest.FixtureRequest, tmp_path: Path, rdb: redis.Redis, redis_url: str

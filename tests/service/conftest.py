@@ -32,15 +32,6 @@ def redis_url(redis_base: str) -> str:
 
 
 @pytest.fixture
-def rdb(redis_url: str) -> Iterator[redis.Redis]:
-    r = redis.Redis.from_url(redis_url)
-    r.flushdb()
-    yield r
-    r.flushdb()
-    r.close()
-
-
-@pytest.fixture
 def settings(tmp_path: Path, redis_url: str, rdb: redis.Redis) -> Settings:
     return Settings(
         api_keys=f"{KEY_A},{KEY_B}",
