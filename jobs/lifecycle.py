@@ -14,16 +14,22 @@ queued ──claim──► preparing ──start──► running ──succeed
   delete it. A preparing job is canceled cooperatively: the worker that holds it sees the status when
   `start` fails, drops the job and deletes the input itself, so the gateway never deletes a file a worker
   is reading. A running job cannot be canceled.
-- `requeue` (worker task thread): a message redelivered after its worker died finds the job preparing
-  or running; it goes back to queued with one more attempt.
+- `requeue` (the recovery watchdog, or a worker handing its jobs back at shutdown): a job whose worker
+  died (heartbeat gone) or is stopping goes back to queued; a dead worker's job counts one more attempt.
+- `mark_published` (the sweeper): a queued job's message was published again; no status change.
 
 Each function is a compare-and-set on the current status (`JobStore.compare_and_set`, a Lua script on
 Redis, a transaction on SQLite), so two actors can race and exactly one wins; the loser gets None (or
 `CancelOutcome.refused`). Nothing outside this module changes a job's status.
+
+Fencing: `claim` gives the job a fresh `lease`. The holder's later writes (`start`, `succeed`, `fail`,
+`requeue`) pass that lease and succeed only while the job still carries it, so a worker that was declared
+dead and whose job went to another worker can neither start nor finish it a second time.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,21 +52,27 @@ LEGAL: dict[JobStatus, frozenset[JobStatus]] = {
 HELD = frozenset({S.PREPARING, S.RUNNING})
 
 
-def _move(store: JobStore, job_id: str, to: JobStatus, changes: dict[str, Any]) -> JobRecord | None:
-    return store.compare_and_set(job_id, LEGAL[to], {**changes, "status": to})
+def _move(
+    store: JobStore, job_id: str, to: JobStatus, changes: dict[str, Any], lease: str | None = None
+) -> JobRecord | None:
+    expect = {"lease": lease} if lease is not None else None
+    return store.compare_and_set(job_id, LEGAL[to], {**changes, "status": to}, expect)
 
 
 def claim(store: JobStore, job_id: str, worker_id: str) -> JobRecord | None:
-    """queued -> preparing: `worker_id` holds the job from now on."""
-    return _move(store, job_id, S.PREPARING, {"worker": worker_id, "progress": None})
+    """queued -> preparing: `worker_id` holds the job from now on, under a fresh `lease`."""
+    changes = {"worker": worker_id, "lease": uuid.uuid4().hex, "claimed_at": now(), "progress": None}
+    return _move(store, job_id, S.PREPARING, changes)
 
 
-def start(store: JobStore, job_id: str) -> JobRecord | None:
-    """preparing -> running: the job enters a model batch. None if it was canceled meanwhile."""
-    return _move(store, job_id, S.RUNNING, {"started_at": now()})
+def start(store: JobStore, job_id: str, lease: str | None = None) -> JobRecord | None:
+    """preparing -> running: the job enters a model batch. None if it was canceled (or taken) meanwhile."""
+    return _move(store, job_id, S.RUNNING, {"started_at": now()}, lease)
 
 
-def succeed(store: JobStore, job_id: str, result_ttl_s: float, changes: dict[str, Any]) -> JobRecord | None:
+def succeed(
+    store: JobStore, job_id: str, result_ttl_s: float, changes: dict[str, Any], lease: str | None = None
+) -> JobRecord | None:
     """running -> succeeded, with the result's keys, timings and settings in `changes`."""
     finished = now()
     return _move(
@@ -68,19 +80,34 @@ def succeed(store: JobStore, job_id: str, result_ttl_s: float, changes: dict[str
         job_id,
         S.SUCCEEDED,
         {**changes, "finished_at": finished, "expires_at": finished + result_ttl_s},
+        lease,
     )
 
 
-def fail(store: JobStore, job_id: str, code: str, message: str) -> JobRecord | None:
+def fail(store: JobStore, job_id: str, code: str, message: str, lease: str | None = None) -> JobRecord | None:
     """queued | preparing | running -> failed, with the error clients read back."""
-    return _move(store, job_id, S.FAILED, {"finished_at": now(), "error": {"code": code, "message": message}})
+    changes = {"finished_at": now(), "error": {"code": code, "message": message}}
+    return _move(store, job_id, S.FAILED, changes, lease)
 
 
-def requeue(store: JobStore, job_id: str, attempts: int) -> JobRecord | None:
-    """preparing | running -> queued: a redelivered job whose worker died, tried again."""
-    return _move(
-        store, job_id, S.QUEUED, {"attempts": attempts, "progress": None, "worker": None, "started_at": None}
-    )
+def requeue(store: JobStore, job_id: str, attempts: int, lease: str | None = None) -> JobRecord | None:
+    """preparing | running -> queued: the job's worker died (attempts + 1) or hands it back (same
+    attempts). With `lease`, only while the job is still held under that lease."""
+    changes = {
+        "attempts": attempts,
+        "progress": None,
+        "worker": None,
+        "lease": None,
+        "claimed_at": None,
+        "started_at": None,
+        "queued_at": now(),
+    }
+    return _move(store, job_id, S.QUEUED, changes, lease)
+
+
+def mark_published(store: JobStore, job_id: str) -> JobRecord | None:
+    """A queued job's task message was published again (no status change); None unless still queued."""
+    return store.compare_and_set(job_id, {S.QUEUED}, {"queued_at": now()})
 
 
 def expire(store: JobStore, job_id: str) -> JobRecord | None:

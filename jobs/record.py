@@ -62,7 +62,15 @@ class JobRecord:
     error: dict[str, str] | None = None
     batch_size: int | None = None
     worker: str | None = None
+    # Times the job was taken back from a worker that died holding it (`lifecycle.requeue`).
     attempts: int = 0
+    # A fencing token: a fresh random value at each claim, cleared when the job goes back to the queue.
+    # A worker's later writes (start, succeed, fail, hand back) must present the lease it claimed with,
+    # so a worker that lost the job (declared dead, then back) can never finish it a second time.
+    lease: str | None = None
+    # When the job's task message was last published (create, requeue, republish): the sweeper's clock.
+    queued_at: float | None = None
+    claimed_at: float | None = None
     audio_key: str | None = None
     video_key: str | None = None
     video_seconds: float | None = None
@@ -140,12 +148,30 @@ class JobStore(ABC):
 
     @abstractmethod
     def compare_and_set(
-        self, job_id: str, allowed: set[JobStatus] | frozenset[JobStatus], changes: dict[str, Any]
+        self,
+        job_id: str,
+        allowed: set[JobStatus] | frozenset[JobStatus],
+        changes: dict[str, Any],
+        expect: dict[str, Any] | None = None,
     ) -> JobRecord | None:
-        """The primitive under `jobs.lifecycle` (call those, not this): apply `changes` (may include a new "status") iff the current status is in `allowed`.
+        """The primitive under `jobs.lifecycle` (call those, not this): apply `changes` (may include a new
+        "status") iff the current status is in `allowed` and every field in `expect` has that value.
 
         Returns the updated record, or None when the job is missing or in another status.
         """
+
+    @abstractmethod
+    def held_jobs(self) -> list[JobRecord]:
+        """Jobs a worker holds (preparing or running): what the recovery watchdog checks."""
+
+    @abstractmethod
+    def queued_jobs(self) -> list[JobRecord]:
+        """Jobs waiting in the queue (at most the queue's depth limit of them)."""
+
+    @abstractmethod
+    def try_lock(self, name: str, ttl_s: float) -> bool:
+        """Take the named lock for `ttl_s` unless someone holds it (it is never released early, so one
+        holder per `ttl_s` runs the guarded work, however many processes try)."""
 
     @abstractmethod
     def set_progress(self, job_ids: list[str], step: int, total: int) -> None:

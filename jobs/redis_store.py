@@ -3,7 +3,9 @@
 Keys (all under `prefix`):
   job:{id}              hash, every field JSON-encoded
   owner:{owner}         sorted set of the owner's job ids, score = created_at in microseconds
-  queued                set of queued job ids (queue depth, admission control)
+  queued                set of queued job ids (queue depth, admission control, the sweeper)
+  held                  set of preparing / running job ids (the recovery watchdog)
+  lock:{name}           a lock taken with SET NX PX (one watchdog run per interval across workers)
   expiry                sorted set of succeeded job ids, score = expires_at (janitor)
   idem:{owner}:{key}    JSON {job_id, request_hash}, expires with the results
   worker:{id}           JSON heartbeat, expires after its TTL; workers = sorted set id -> expiry
@@ -46,7 +48,8 @@ return false
 """
 
 # ARGV: 1 id, 2 allowed statuses ('|'-joined, JSON-encoded), 3 new status (JSON) or '',
-#       4 expiry score or '', 5 key TTL seconds or '', 6.. field/value pairs
+#       4 expiry score or '', 5 key TTL seconds or '', 6 n = number of expected fields,
+#       7 .. 6+2n expected field/value pairs (JSON), then the field/value pairs to write
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return false end
@@ -55,9 +58,21 @@ for s in string.gmatch(ARGV[2], '[^|]+') do
   if s == cur then ok = true end
 end
 if not ok then return false end
-if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
+local n = tonumber(ARGV[6])
+for i = 0, n - 1 do
+  local have = redis.call('HGET', KEYS[1], ARGV[7 + 2 * i])
+  if have == false then have = 'null' end
+  if have ~= ARGV[8 + 2 * i] then return false end
+end
+local first = 7 + 2 * n
+if #ARGV >= first then redis.call('HSET', KEYS[1], unpack(ARGV, first)) end
 if ARGV[3] ~= '' then
   if ARGV[3] == '"queued"' then redis.call('SADD', KEYS[2], ARGV[1]) else redis.call('SREM', KEYS[2], ARGV[1]) end
+  if ARGV[3] == '"preparing"' or ARGV[3] == '"running"' then
+    redis.call('SADD', KEYS[4], ARGV[1])
+  else
+    redis.call('SREM', KEYS[4], ARGV[1])
+  end
   if ARGV[3] ~= '"succeeded"' then redis.call('ZREM', KEYS[3], ARGV[1]) end
 end
 if ARGV[4] ~= '' then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1]) end
@@ -149,6 +164,7 @@ class RedisJobStore(JobStore):
         pipe.delete(self._job(job_id))
         pipe.zrem(self._owner(job.owner), job_id)
         pipe.srem(f"{self.p}:queued", job_id)
+        pipe.srem(f"{self.p}:held", job_id)
         pipe.zrem(f"{self.p}:expiry", job_id)
         if job.idempotency_key:
             pipe.delete(self._idem(job.owner, job.idempotency_key))
@@ -156,7 +172,11 @@ class RedisJobStore(JobStore):
 
     @_unavailable_on_connection_error
     def compare_and_set(
-        self, job_id: str, allowed: set[JobStatus] | frozenset[JobStatus], changes: dict[str, Any]
+        self,
+        job_id: str,
+        allowed: set[JobStatus] | frozenset[JobStatus],
+        changes: dict[str, Any],
+        expect: dict[str, Any] | None = None,
     ) -> JobRecord | None:
         new_status = changes.get("status")
         pairs: list[Any] = []
@@ -175,18 +195,50 @@ class RedisJobStore(JobStore):
                 expiry = repr(float(expires_at))
             base = max(0.0, float(expires_at) - time.time()) if expires_at is not None else 0.0
             ttl = str(int(base + self.record_ttl_s))
+        expected: list[Any] = []
+        for k, v in (expect or {}).items():
+            expected += [k, dumps(v)]
         raw = self._transition(
-            keys=[self._job(job_id), f"{self.p}:queued", f"{self.p}:expiry"],
+            keys=[self._job(job_id), f"{self.p}:queued", f"{self.p}:expiry", f"{self.p}:held"],
             args=[
                 job_id,
                 "|".join(dumps(str(s)) for s in allowed),
                 dumps(str(new_status)) if new_status is not None else "",
                 expiry,
                 ttl,
+                len(expected) // 2,
+                *expected,
                 *pairs,
             ],
         )
         return _decode(raw) if raw else None
+
+    def _jobs_in(self, index: str) -> list[JobRecord]:
+        ids = sorted(cast(set[str], self.r.smembers(f"{self.p}:{index}")))
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(self._job(job_id))
+        out, stale = [], []
+        for job_id, raw in zip(ids, pipe.execute(), strict=True):
+            if raw:
+                out.append(_decode(raw))
+            else:
+                stale.append(job_id)
+        if stale:  # the record expired or was deleted
+            self.r.srem(f"{self.p}:{index}", *stale)
+        return out
+
+    @_unavailable_on_connection_error
+    def held_jobs(self) -> list[JobRecord]:
+        return [j for j in self._jobs_in("held") if j.status in (JobStatus.PREPARING, JobStatus.RUNNING)]
+
+    @_unavailable_on_connection_error
+    def queued_jobs(self) -> list[JobRecord]:
+        return [j for j in self._jobs_in("queued") if j.status == JobStatus.QUEUED]
+
+    @_unavailable_on_connection_error
+    def try_lock(self, name: str, ttl_s: float) -> bool:
+        return bool(self.r.set(f"{self.p}:lock:{name}", "1", nx=True, px=max(1, int(ttl_s * 1000))))
 
     @_unavailable_on_connection_error
     def set_progress(self, job_ids: list[str], step: int, total: int) -> None:

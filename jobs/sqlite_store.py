@@ -46,6 +46,10 @@ CREATE TABLE IF NOT EXISTS idempotency (
   expires_at REAL NOT NULL,
   PRIMARY KEY (owner, key)
 );
+CREATE TABLE IF NOT EXISTS locks (
+  name TEXT PRIMARY KEY,
+  expires_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS workers (
   id TEXT PRIMARY KEY,
   info TEXT NOT NULL,
@@ -149,7 +153,11 @@ class SqliteJobStore(JobStore):
             db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
 
     def compare_and_set(
-        self, job_id: str, allowed: set[JobStatus] | frozenset[JobStatus], changes: dict[str, Any]
+        self,
+        job_id: str,
+        allowed: set[JobStatus] | frozenset[JobStatus],
+        changes: dict[str, Any],
+        expect: dict[str, Any] | None = None,
     ) -> JobRecord | None:
         with self._tx() as db:
             row = db.execute("SELECT data FROM jobs WHERE id=?", (job_id,)).fetchone()
@@ -157,6 +165,8 @@ class SqliteJobStore(JobStore):
                 return None
             fields = json.loads(row[0])
             if JobStatus(fields["status"]) not in allowed:
+                return None
+            if any(fields.get(k) != v for k, v in (expect or {}).items()):
                 return None
             fields.update({k: (str(v) if k == "status" else v) for k, v in changes.items()})
             job = JobRecord.from_fields(fields)
@@ -192,6 +202,23 @@ class SqliteJobStore(JobStore):
         page = jobs[:limit]
         next_cursor = encode_cursor(page[-1].created_us, page[-1].id) if len(jobs) > limit else None
         return page, next_cursor
+
+    def held_jobs(self) -> list[JobRecord]:
+        rows = self._read("SELECT data FROM jobs WHERE status IN ('preparing', 'running')")
+        return [JobRecord.from_fields(json.loads(r[0])) for r in rows]
+
+    def queued_jobs(self) -> list[JobRecord]:
+        rows = self._read("SELECT data FROM jobs WHERE status='queued' ORDER BY created_us")
+        return [JobRecord.from_fields(json.loads(r[0])) for r in rows]
+
+    def try_lock(self, name: str, ttl_s: float) -> bool:
+        t = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT expires_at FROM locks WHERE name=?", (name,)).fetchone()
+            if row is not None and row[0] > t:
+                return False
+            db.execute("INSERT OR REPLACE INTO locks VALUES (?, ?)", (name, t + ttl_s))
+        return True
 
     def queued_count(self) -> int:
         return int(self._read("SELECT COUNT(*) FROM jobs WHERE status='queued'")[0][0])

@@ -40,7 +40,8 @@ class Storage(ABC):
     @abstractmethod
     @contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
-        """A file to write `key` into; it appears under `key` only if the block exits cleanly."""
+        """A file to write `key` into; it appears under `key` only if the block exits cleanly. Raises
+        StorageUnavailable when the file cannot be created or put in place (writes raise OSError)."""
 
     @abstractmethod
     def put_file(self, key: str, src: Path) -> None:
@@ -84,25 +85,41 @@ class LocalStorage(Storage):
     @contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
         final = self._path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.scratch_path(final.suffix)
         try:
-            with open(tmp, "wb") as f:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            f = open(tmp, "wb")  # noqa: SIM115 - closed below; the caller's errors pass through as they are
+        except OSError as exc:
+            raise StorageUnavailable(
+                f"storage is not writable ({type(exc).__name__}: {exc.strerror})"
+            ) from exc
+        try:
+            with f:
                 yield f
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError as exc:
+                raise StorageUnavailable(
+                    f"storage is not writable ({type(exc).__name__}: {exc.strerror})"
+                ) from exc
         finally:
             tmp.unlink(missing_ok=True)
 
     def put_file(self, key: str, src: Path) -> None:
         final = self._path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.replace(src, final)
-        except OSError:  # another filesystem: copy next to the target, then rename
-            tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, final)
-            Path(src).unlink(missing_ok=True)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(src, final)
+            except OSError:  # another filesystem: copy next to the target, then rename
+                tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}")
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, final)
+                Path(src).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(
+                f"storage is not writable ({type(exc).__name__}: {exc.strerror})"
+            ) from exc
 
     def local_path(self, key: str) -> Path:
         return self._path(key)

@@ -17,7 +17,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
-from jobs.storage import Storage, input_key
+from jobs.storage import Storage, StorageUnavailable, input_key
 from service.errors import BadRequest, NotMultipart, UploadTooLarge
 
 FILE_FIELD = "video"
@@ -159,15 +159,20 @@ async def receive_upload(request: Request, storage: Storage, job_id: str, max_by
                 if sink and len(sink[0].buf) >= FLUSH_BYTES:
                     await run_in_threadpool(sink[0].flush)
             parser.finalize()
-        except ClientDisconnect:
+        except (ClientDisconnect, UploadTooLarge, BadRequest, StorageUnavailable):
             raise
-        except (UploadTooLarge, BadRequest):
-            raise
+        except (
+            OSError
+        ) as exc:  # writing the upload (disk full, I/O error): the service's fault, not the client's
+            raise StorageUnavailable(f"storage is not writable: {exc}") from exc
         except Exception as exc:  # the parser's own errors: a malformed body is the client's fault
             raise BadRequest(f"malformed multipart body: {exc}") from exc
         if not sink:
             raise BadRequest("the form has no `video` file part")
-        await run_in_threadpool(sink[0].flush)
+        try:
+            await run_in_threadpool(sink[0].flush)
+        except OSError as exc:
+            raise StorageUnavailable(f"storage is not writable: {exc}") from exc
         up.size = sink[0].size
         up.sha256 = sink[0].hash.hexdigest()
     return up

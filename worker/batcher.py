@@ -9,7 +9,9 @@ retried alone, so one poisonous item cannot fail its neighbours.
 `admit(item_id)` is asked for each item as its batch forms (the worker uses it to move the job from
 preparing to running in the job store; a job canceled meanwhile is dropped there). `cancel(item_id)`
 removes an item that is still queued. `shutdown()` finishes the batch in flight and fails the items
-still queued with `ShuttingDown`, so their tasks can hand them back to the broker.
+still queued with `ShuttingDown`, so their tasks can hand them back to the broker; `abandon()` then
+fails the items of a batch that outlived the shutdown's deadline the same way (the batch's late results
+are dropped).
 
 Liveness: the model thread calls `tick()` every `tick_s` while idle and between batches, and the batch
 function may call it while it works (the worker does, at every sampling step). `seconds_since_tick()`
@@ -23,7 +25,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -83,7 +85,7 @@ class DynamicBatcher(Generic[P, R]):
         self._queue: deque[_Item[P, R]] = deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._in_flight: list[str] = []
+        self._in_flight: list[_Item[P, R]] = []
         self._tick_s = tick_s
         self._last_tick = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -131,7 +133,18 @@ class DynamicBatcher(Generic[P, R]):
 
     def in_flight(self) -> list[str]:
         with self._cond:
-            return list(self._in_flight)
+            return [it.id for it in self._in_flight]
+
+    def abandon(self) -> list[str]:
+        """Fail the items of the batch in flight with ShuttingDown (their results, if they still come,
+        are dropped); returns their ids. For a shutdown whose deadline the batch would overrun."""
+        with self._cond:
+            items = list(self._in_flight)
+        out = []
+        for item in items:
+            if _settle(item.future, exc=ShuttingDown(item.id)):
+                out.append(item.id)
+        return out
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop taking items, finish the batch in flight, fail the rest with ShuttingDown."""
@@ -166,7 +179,7 @@ class DynamicBatcher(Generic[P, R]):
                 return None
             n = min(self.max_batch_size, len(self._queue))
             batch = [self._queue.popleft() for _ in range(n)]
-            self._in_flight = [it.id for it in batch]
+            self._in_flight = batch
             return batch
 
     def _loop(self) -> None:
@@ -182,8 +195,7 @@ class DynamicBatcher(Generic[P, R]):
             except BaseException as exc:  # never let the model thread die with futures unresolved
                 log.exception("batch of %d failed outside run_batch", len(batch))
                 for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+                    _settle(item.future, exc=exc)
             finally:
                 with self._cond:
                     self._in_flight = []
@@ -194,12 +206,12 @@ class DynamicBatcher(Generic[P, R]):
             try:
                 ok = self.admit(item.id) if self.admit is not None else True
             except Exception as exc:
-                item.future.set_exception(exc)
+                _settle(item.future, exc=exc)
                 continue
             if ok:
                 admitted.append(item)
             else:
-                item.future.set_exception(Canceled(item.id))
+                _settle(item.future, exc=Canceled(item.id))
         if not admitted:
             return
         t0 = time.perf_counter()
@@ -232,6 +244,18 @@ class DynamicBatcher(Generic[P, R]):
                 log.exception("on_batch hook failed")
         for item, result in zip(admitted, results, strict=True):
             if isinstance(result, BaseException):
-                item.future.set_exception(result)
+                _settle(item.future, exc=result)
             else:
-                item.future.set_result(result)
+                _settle(item.future, result=result)
+
+
+def _settle(future: Future[R], result: R | None = None, exc: BaseException | None = None) -> bool:
+    """Resolve a future unless it already is (an abandoned item's late result); True if this did."""
+    try:
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+    except InvalidStateError:
+        return False
+    return True

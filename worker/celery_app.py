@@ -13,6 +13,7 @@ Torch and the model are loaded inside the process that runs the tasks, never in 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import Celery, signals
@@ -102,5 +103,9 @@ def _shutting_down(**_: Any) -> None:
 def _shutdown(**_: Any) -> None:
     from worker import model
 
-    if model._runtime is not None:
-        model._runtime.stop()
+    if model._runtime is not None and model._runtime.stop():
+        # The model thread is still inside a batch whose jobs were handed back: leave now, without the
+        # interpreter's teardown, which would abort under a thread running native (torch) code.
+        log.warning("leaving with an abandoned batch still running; its jobs are back in the queue")
+        logging.shutdown()
+        os._exit(0)

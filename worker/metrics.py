@@ -19,6 +19,14 @@ log = logging.getLogger(__name__)
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 JOBS_FINISHED = Counter("diffv2s_jobs_finished", "Jobs finished by outcome", ["outcome"])
+JOBS_RECOVERED = Counter(
+    "diffv2s_jobs_recovered",
+    "Jobs put back in the queue by reason: worker_lost, orphaned, message_lost (watchdog), handed_back (shutdown)",
+    ["reason"],
+)
+JOBS_LOST = Counter(
+    "diffv2s_jobs_worker_lost", "Jobs failed with worker_lost: their workers stopped max_attempts times"
+)
 QUEUE_WAIT = Histogram("diffv2s_queue_wait_seconds", "Job created -> started on the model", buckets=_SECONDS)
 STAGE_SECONDS = Histogram(
     "diffv2s_stage_seconds", "Model time per stage of a batch", ["stage"], buckets=_SECONDS
@@ -47,6 +55,8 @@ STAGES = ("preprocess", "encoder", "speaker", "sampling", "vocoder")
 
 for _outcome in ("succeeded", "failed", "canceled"):
     JOBS_FINISHED.labels(_outcome)  # export zeros, so rate() works from the first job on
+for _reason in ("worker_lost", "orphaned", "message_lost", "handed_back"):
+    JOBS_RECOVERED.labels(_reason)
 for _stage in STAGES:
     STAGE_SECONDS.labels(_stage)  # likewise: a series born at count 1 has no rate() until its second batch
 

@@ -1,10 +1,11 @@
 """The model inside a worker process: loaded once, warmed up, fed by the dynamic batcher.
 
-`ModelRuntime` owns the Synthesizer, the batcher (one model thread) and a heartbeat thread. The
-heartbeat is what the gateway's /readyz counts as a live worker, so it starts only after the warmup
-ran a batch end to end, and it is written only while the model thread itself is live (it ticks while
-idle and at every sampling step; see `model_live`). The heartbeat thread also runs the retention
-janitor.
+`ModelRuntime` owns the Synthesizer, the batcher (one model thread), a heartbeat thread and the
+recovery watchdog's thread. The heartbeat is what the gateway's /readyz counts as a live worker, so it
+starts only after the warmup ran a batch end to end, and it is written only while the model thread
+itself is live (it ticks while idle and at every sampling step; see `model_live`). It lists the jobs
+this worker holds, which is how the watchdog (`jobs.recovery`, in whichever worker takes the store
+lock) tells a job whose worker died or lost it. The heartbeat thread also runs the retention janitor.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 from diffv2s.schemas import SynthesisRequest, SynthesisResult
 from jobs import JobStore, lifecycle, open_store
+from jobs.queue import JobPublisher
+from jobs.recovery import LOCK_NAME, recover_jobs
 from jobs.storage import Storage, open_storage
 from worker import metrics
 from worker.batcher import DynamicBatcher
@@ -48,7 +52,15 @@ class ModelRuntime:
         )
         self.started_at = 0.0
         self._stop = threading.Event()
+        self._shutdown_deadline: float | None = None
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="diffv2s-heartbeat", daemon=True)
+        self._recovery = threading.Thread(target=self._recovery_loop, name="diffv2s-recovery", daemon=True)
+        self._publisher: JobPublisher | None = None
+        # job id -> the lease this worker claimed it with (None between hold and claim), and how many
+        # task threads hold it (a duplicate message for a job this worker runs holds it a moment too)
+        self._held: dict[str, str | None] = {}
+        self._holds: Counter[str] = Counter()
+        self._held_lock = threading.Lock()
         self._lock = threading.Lock()
         self._loaded = False
         self._beating = False
@@ -90,29 +102,87 @@ class ModelRuntime:
         self.started_at = time.time()
         self._beat()
         self._heartbeat.start()
+        self._recovery.start()
         metrics.WORKER_UP.set(1)
+
+    @property
+    def publisher(self) -> JobPublisher:
+        """Publishes the jobs this worker hands back or the watchdog takes back."""
+        with self._lock:
+            if self._publisher is None:
+                self._publisher = JobPublisher(self.settings, name="diffv2s-worker-publisher")
+            return self._publisher
+
+    # ------------------------------------------------------------------------------- held jobs
+    def hold(self, job_id: str) -> None:
+        """Listed in the heartbeat from now on; call before claiming, so a beat after the claim lists it.
+        Each hold is matched by one release."""
+        with self._held_lock:
+            self._held.setdefault(job_id, None)
+            self._holds[job_id] += 1
+
+    def set_lease(self, job_id: str, lease: str | None) -> None:
+        with self._held_lock:
+            self._held[job_id] = lease
+
+    def lease_of(self, job_id: str) -> str | None:
+        with self._held_lock:
+            return self._held.get(job_id)
+
+    def release(self, job_id: str) -> None:
+        with self._held_lock:
+            self._holds[job_id] -= 1
+            if self._holds[job_id] <= 0:
+                del self._holds[job_id]
+                self._held.pop(job_id, None)
+
+    def held_ids(self) -> list[str]:
+        with self._held_lock:
+            return sorted(self._held)
 
     def model_live(self) -> bool:
         """The model thread runs and ticked within `model_stall_s` (idle, between batches or per step)."""
         return self.batcher.alive() and self.batcher.seconds_since_tick() <= self.settings.model_stall_s
 
     def begin_shutdown(self) -> None:
-        """Warm shutdown: the batch in flight finishes; queued items go back to the broker."""
-        threading.Thread(target=self.batcher.shutdown, name="diffv2s-batcher-stop", daemon=True).start()
+        """Warm shutdown: items waiting in the batcher go back to the queue at once; the batch in flight
+        gets `shutdown_grace_s` to finish, then its jobs go back too (their tasks hand them back)."""
 
-    def stop(self, timeout: float = 60.0) -> None:
+        grace = self.settings.shutdown_grace_s
+        self._shutdown_deadline = time.monotonic() + grace
+
+        def stop_batcher() -> None:
+            self.batcher.shutdown(grace)
+            if self.batcher.alive():
+                ids = self.batcher.abandon()
+                if ids:
+                    log.warning(
+                        "the batch in flight outlived the %.0f s shutdown grace; handing back %s", grace, ids
+                    )
+
+        threading.Thread(target=stop_batcher, name="diffv2s-batcher-stop", daemon=True).start()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop the batcher, heartbeat and watchdog; True when the model thread is still inside a batch
+        (abandoned: its jobs were handed back), so the process must not wait for it."""
+        if timeout is None:  # what is left of the grace begin_shutdown started (all of it without one)
+            left = self._shutdown_deadline - time.monotonic() if self._shutdown_deadline else None
+            timeout = self.settings.shutdown_grace_s if left is None else max(0.0, left)
         self.batcher.shutdown(timeout)
+        self.batcher.abandon()
         self._stop.set()
         metrics.WORKER_UP.set(0)
         try:
             self.store.remove_worker(self.worker_id)
         except Exception:
             log.warning("could not remove the heartbeat of %s", self.worker_id)
+        return self.batcher.alive()
 
     # ------------------------------------------------------------------------------- model thread
     def _admit(self, job_id: str) -> bool:
-        """preparing -> running in the store; False (drop the item) if the job was canceled meanwhile."""
-        job = lifecycle.start(self.store, job_id)
+        """preparing -> running in the store; False (drop the item) if the job was canceled meanwhile
+        (or taken back from this worker: the lease no longer matches)."""
+        job = lifecycle.start(self.store, job_id, lease=self.lease_of(job_id))
         if job is None:
             return False
         assert job.started_at is not None
@@ -162,6 +232,11 @@ class ModelRuntime:
         if self._stalled:
             log.warning("the model thread is live again; heartbeat restored")
             self._stalled = False
+        # The time is read before the list: a job claimed before `beat_at` was held before it, so it is
+        # listed (see jobs.recovery.holder_state).
+        beat_at = time.time()
+        held = self.held_ids()
+        reserved = reserved_ids()
         st = self.batcher.stats
         info = {
             "id": self.worker_id,
@@ -180,6 +255,9 @@ class ModelRuntime:
             "batch_sizes": {str(k): v for k, v in sorted(st.sizes.items())},
             "busy_s": round(st.busy_s, 3),
             "queued": self.batcher.queued(),
+            "jobs": held,
+            "reserved": reserved,
+            "beat_at": beat_at,
         }
         self.store.heartbeat(self.worker_id, info, self.settings.heartbeat_ttl_s)
 
@@ -201,6 +279,52 @@ class ModelRuntime:
                     expire_results(self.store, self.storage, self.settings)
                 except Exception:
                     log.exception("retention janitor failed")
+
+    def _recovery_loop(self) -> None:
+        s = self.settings
+        while not self._stop.wait(s.recovery_interval_s):
+            try:
+                # The lock outlives most of an interval: one worker runs the pass, the others skip it.
+                if self.store.try_lock(LOCK_NAME, 0.8 * s.recovery_interval_s):
+                    self.recover()
+            except Exception as exc:
+                log.warning("recovery watchdog failed: %s", exc)
+
+    def recover(self) -> None:
+        """One pass of the recovery watchdog (`jobs.recovery.recover_jobs`), counted in metrics."""
+        s = self.settings
+        # This worker judges its own jobs by what it holds in memory, not by its heartbeat in the store
+        # (which may have expired while the store restarted).
+        beat_at = time.time()
+        me = {"id": self.worker_id, "jobs": self.held_ids(), "reserved": reserved_ids(), "beat_at": beat_at}
+        report = recover_jobs(
+            self.store,
+            self.publisher,
+            local_worker=me,
+            max_attempts=s.max_attempts,
+            lost_message_grace_s=s.lost_message_grace_s,
+            clock_margin_s=s.heartbeat_interval_s,
+            storage=self.storage,
+        )
+        for reason, ids in report.requeued.items():
+            metrics.JOBS_RECOVERED.labels(reason).inc(len(ids))
+        if report.failed:
+            metrics.JOBS_FINISHED.labels("failed").inc(len(report.failed))
+            metrics.JOBS_LOST.inc(len(report.failed))
+
+
+def reserved_ids() -> list[str]:
+    """Ids of the task messages this worker process received and has not finished (a job's task id is
+    its job id): the recovery sweep must not republish a queued job whose message waits in a worker for
+    a free task thread."""
+    from celery.worker import state
+
+    for _ in range(5):
+        try:
+            return sorted({str(r.id) for r in list(state.reserved_requests)})
+        except RuntimeError:  # the consumer thread changed the set while it was copied
+            time.sleep(0.01)
+    return []
 
 
 def expire_results(store: JobStore, storage: Storage, settings: WorkerSettings) -> int:

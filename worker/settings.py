@@ -36,6 +36,20 @@ class WorkerSettings(CommonSettings):
     cancel_poll_s: float = Field(default=0.5, gt=0)
     # Sampling progress is written to the store at most this often per batch (and always at the end).
     progress_interval_s: float = Field(default=0.25, ge=0)
+    # Recovery watchdog (`jobs.recovery`): every recovery_interval_s one worker (a store lock picks it)
+    # takes back the jobs of workers whose heartbeat stopped and republishes queued jobs whose message
+    # has been in no broker queue for lost_message_grace_s. A job taken back max_attempts - 1 times
+    # fails with `worker_lost` the next time instead of looping.
+    recovery_interval_s: float = Field(default=5.0, gt=0)
+    lost_message_grace_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    # Warm shutdown (SIGTERM): the batch in flight gets this long to finish; then its jobs, like those
+    # still waiting in the batcher, go back to the queue. Keep it below the supervisor's kill deadline
+    # (compose's stop_grace_period, 75 s).
+    shutdown_grace_s: float = Field(default=50.0, ge=0)
+    # A worker retries its final writes (result, failure) this long while the job store is unreachable
+    # (a Redis restart); after that the job is left to the watchdog (it is no longer in the heartbeat).
+    store_retry_s: float = Field(default=30.0, ge=0)
     # Set by a launcher (the embedded mode): the worker shuts down when that process is gone.
     parent_pid: int = Field(default=0, ge=0)
     # Tests only: the task thread waits this long after claiming a job, before it reads the input, so

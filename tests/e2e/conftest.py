@@ -168,6 +168,8 @@ class Cluster:
     key_a: str = KEY_A
     key_b: str = KEY_B
     max_upload_mb: float = MAX_UPLOAD_MB
+    # Starts one more worker process (stopped with the cluster); set by launch_cluster.
+    spawn_worker: Callable[[], Proc] | None = None
 
     def logs(self) -> str:
         return "\n".join(p.tail() for p in [self.gateway, *self.workers])
@@ -187,13 +189,20 @@ def wait_until(check, timeout: float, what: str, procs: list[Proc]) -> None:  # 
 
 @contextlib.contextmanager
 def launch_cluster(
-    redis_base: str, checkpoint: Path | None, root: Path, n_workers: int, worker_env: dict[str, str]
+    redis_base: str,
+    checkpoint: Path | None,
+    root: Path,
+    n_workers: int,
+    worker_env: dict[str, str],
+    broker_base: str | None = None,
 ) -> Iterator[Cluster]:
-    """A real uvicorn gateway and `n_workers` real Celery worker processes on a flushed Redis."""
-    for db in (BROKER_DB, STORE_DB):
-        redis.Redis.from_url(f"{redis_base}/{db}").flushdb()
+    """A real uvicorn gateway and `n_workers` real Celery worker processes on a flushed Redis (the
+    broker on `broker_base`, another Redis, when given)."""
+    broker_base = broker_base or redis_base
+    redis.Redis.from_url(f"{broker_base}/{BROKER_DB}").flushdb()
+    redis.Redis.from_url(f"{redis_base}/{STORE_DB}").flushdb()
     storage = root / "storage"
-    env = base_env(redis_base, storage, checkpoint)
+    env = base_env(redis_base, storage, checkpoint) | {"DIFFV2S_BROKER_URL": f"{broker_base}/{BROKER_DB}"}
     port = free_port()
     gateway = start(
         "gateway",
@@ -202,8 +211,10 @@ def launch_cluster(
         root,
         port,
     )
-    workers = []
-    for i in range(n_workers):
+    workers: list[Proc] = []
+
+    def spawn_worker() -> Proc:
+        i = len(workers)
         wenv = env | {"DIFFV2S_METRICS_PORT": str(free_port())} | worker_env
         w = start(
             f"worker{i}",
@@ -225,6 +236,10 @@ def launch_cluster(
         )
         w.extra["metrics_port"] = wenv["DIFFV2S_METRICS_PORT"]
         workers.append(w)
+        return w
+
+    for _ in range(n_workers):
+        spawn_worker()
     store = RedisJobStore(f"{redis_base}/{STORE_DB}")
     url = f"http://127.0.0.1:{port}"
 
@@ -238,13 +253,14 @@ def launch_cluster(
     try:
         wait_until(gateway_up, 60, "the gateway", procs)
         wait_until(lambda: len(store.live_workers()) == n_workers, 180, "the worker heartbeats", procs)
-        yield Cluster(url, gateway, workers, store, storage)
+        yield Cluster(url, gateway, workers, store, storage, spawn_worker=spawn_worker)
     finally:
-        for p in procs:
+        for p in [gateway, *workers]:
             stop(p)
         store.close()
-        for db in (BROKER_DB, STORE_DB):
-            redis.Redis.from_url(f"{redis_base}/{db}").flushdb()
+        with contextlib.suppress(redis.RedisError):
+            redis.Redis.from_url(f"{broker_base}/{BROKER_DB}").flushdb()
+            redis.Redis.from_url(f"{redis_base}/{STORE_DB}").flushdb()
 
 
 @pytest.fixture(scope="module")

@@ -144,3 +144,36 @@ def test_only_the_lifecycle_module_changes_a_status() -> None:
         assert _calls_of("compare_and_set", folder) == [], folder
     inside = {c.split(":")[0] for c in _calls_of("compare_and_set", "jobs")}
     assert inside == {"jobs/lifecycle.py"}
+
+
+def test_a_claim_takes_a_fresh_lease_and_only_that_lease_may_start_finish_or_hand_back(
+    job_store: JobStore,
+) -> None:
+    job = make_job(S.QUEUED)
+    job_store.create(job, 60)
+    first = lifecycle.claim(job_store, job.id, "w1")
+    assert first is not None and first.lease and first.claimed_at is not None
+    assert lifecycle.start(job_store, job.id, lease="not-the-lease") is None
+    assert lifecycle.start(job_store, job.id, lease=first.lease) is not None
+
+    # Taken back (its worker declared dead) and claimed again by another worker under a new lease.
+    back = lifecycle.requeue(job_store, job.id, 1, lease=first.lease)
+    assert back is not None and back.lease is None and back.worker is None and back.queued_at is not None
+    second = lifecycle.claim(job_store, job.id, "w2")
+    assert second is not None and second.lease not in (None, first.lease)
+    lifecycle.start(job_store, job.id, lease=second.lease)
+
+    # The first worker comes back: it can neither finish, fail nor hand back the job.
+    assert lifecycle.succeed(job_store, job.id, 60, {"audio_key": "x"}, lease=first.lease) is None
+    assert lifecycle.fail(job_store, job.id, "internal_error", "x", lease=first.lease) is None
+    assert lifecycle.requeue(job_store, job.id, 1, lease=first.lease) is None
+    done = lifecycle.succeed(job_store, job.id, 60, {"audio_key": "y"}, lease=second.lease)
+    assert done is not None and done.status == S.SUCCEEDED and done.audio_key == "y"
+
+
+def test_mark_published_touches_only_a_queued_job(job_store: JobStore) -> None:
+    job = make_job(S.QUEUED)
+    job_store.create(job, 60)
+    assert lifecycle.mark_published(job_store, job.id) is not None
+    lifecycle.claim(job_store, job.id, "w1")
+    assert lifecycle.mark_published(job_store, job.id) is None

@@ -10,14 +10,14 @@ import wave
 import numpy as np
 import pytest
 
-from jobs import JobRecord, JobStatus
+from jobs import JobRecord, JobStatus, lifecycle
 from jobs.redis_store import RedisJobStore
 from jobs.storage import LocalStorage, audio_key, input_key, video_key
 from worker import metrics
 from worker.celery_app import app
 from worker.model import ModelRuntime, expire_results
 from worker.settings import WorkerSettings
-from worker.tasks import MAX_ATTEMPTS, run_job, write_wav
+from worker.tasks import run_job, write_wav
 
 
 def job(status: JobStatus = JobStatus.QUEUED, **kw: object) -> JobRecord:
@@ -75,7 +75,7 @@ def test_finished_jobs_are_skipped_on_redelivery(
 def test_a_job_that_keeps_killing_workers_fails_instead_of_looping(
     runtime: ModelRuntime, store: RedisJobStore, storage: LocalStorage
 ) -> None:
-    stuck = job(JobStatus.RUNNING, attempts=MAX_ATTEMPTS - 1)
+    stuck = job(JobStatus.RUNNING, attempts=WorkerSettings().max_attempts - 1, worker="gone:1")
     store.create(stuck, 60)
     with storage.writer(stuck.input_key) as f:
         f.write(b"video")
@@ -143,3 +143,30 @@ def test_the_prepare_hold_test_hook_is_refused_in_prod() -> None:
             store_url="redis://127.0.0.1:6379/1",
             broker_url="redis://127.0.0.1:6379/0",
         )
+
+
+def test_a_duplicate_message_for_a_job_this_worker_runs_leaves_it_listed_in_the_heartbeat(
+    runtime: ModelRuntime, store: RedisJobStore
+) -> None:
+    held = job(JobStatus.QUEUED)
+    store.create(held, 60)
+    runtime.hold(held.id)  # the task thread that runs the job
+    claimed = lifecycle.claim(store, held.id, runtime.worker_id)
+    assert claimed is not None
+    runtime.set_lease(held.id, claimed.lease)
+    assert run_job(runtime, held.id) == "skipped:held"  # a second message for it, in another thread
+    assert runtime.held_ids() == [held.id] and runtime.lease_of(held.id) == claimed.lease
+    runtime.release(held.id)
+    assert runtime.held_ids() == []
+
+
+def test_a_message_for_a_job_another_live_worker_holds_is_skipped(
+    runtime: ModelRuntime, store: RedisJobStore
+) -> None:
+    held = job(JobStatus.QUEUED)
+    store.create(held, 60)
+    claimed = lifecycle.claim(store, held.id, "other:1")
+    assert claimed is not None
+    store.heartbeat("other:1", {"id": "other:1", "jobs": [held.id], "beat_at": time.time()}, 30)
+    assert run_job(runtime, held.id) == "skipped:held"
+    assert store.get(held.id) == claimed
