@@ -16,6 +16,8 @@ queued ──claim──► preparing ──start──► running ──succeed
   is reading. A running job cannot be canceled.
 - `requeue` (the recovery watchdog, or a worker handing its jobs back at shutdown): a job whose worker
   died (heartbeat gone) or is stopping goes back to queued; a dead worker's job counts one more attempt.
+- `miss_deadline` (a worker about to claim, or the watchdog): a queued job past its `deadline_at` fails
+  with `deadline_exceeded` and never runs.
 - `mark_published` (the sweeper): a queued job's message was published again; no status change.
 
 Each function is a compare-and-set on the current status (`JobStore.compare_and_set`, a Lua script on
@@ -33,6 +35,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from jobs.events import status_event
 from jobs.record import JobRecord, JobStatus, JobStore, now
 
 S = JobStatus
@@ -56,7 +59,8 @@ def _move(
     store: JobStore, job_id: str, to: JobStatus, changes: dict[str, Any], lease: str | None = None
 ) -> JobRecord | None:
     expect = {"lease": lease} if lease is not None else None
-    return store.compare_and_set(job_id, LEGAL[to], {**changes, "status": to}, expect)
+    event = status_event(str(to), now(), changes)
+    return store.compare_and_set(job_id, LEGAL[to], {**changes, "status": to}, expect, event)
 
 
 def claim(store: JobStore, job_id: str, worker_id: str) -> JobRecord | None:
@@ -105,6 +109,24 @@ def requeue(store: JobStore, job_id: str, attempts: int, lease: str | None = Non
     return _move(store, job_id, S.QUEUED, changes, lease)
 
 
+def miss_deadline(store: JobStore, job_id: str) -> JobRecord | None:
+    """queued -> failed (`deadline_exceeded`): nobody claimed the job before its `deadline_at`.
+
+    Called by a worker instead of `claim`, and by the watchdog for jobs overdue in the queue; the job
+    never runs and its input is free (the caller deletes it).
+    """
+    job = store.get(job_id)
+    t = now()
+    if job is None or job.deadline_at is None or job.deadline_at > t:
+        return None
+    changes: dict[str, Any] = {
+        "finished_at": t,
+        "error": {"code": "deadline_exceeded", "message": "no worker started the job before its deadline"},
+    }
+    event = status_event(str(S.FAILED), t, changes)
+    return store.compare_and_set(job_id, {S.QUEUED}, {**changes, "status": S.FAILED}, None, event)
+
+
 def mark_published(store: JobStore, job_id: str) -> JobRecord | None:
     """A queued job's task message was published again (no status change); None unless still queued."""
     return store.compare_and_set(job_id, {S.QUEUED}, {"queued_at": now()})
@@ -131,10 +153,13 @@ def cancel(store: JobStore, job_id: str) -> CancelOutcome:
 
     A job already canceled counts as canceled (cancel is idempotent); any other status is refused.
     """
-    done = store.compare_and_set(job_id, {S.QUEUED}, {"status": S.CANCELED, "finished_at": now()})
+    t = now()
+    changes = {"status": S.CANCELED, "finished_at": t}
+    event = status_event(str(S.CANCELED), t, changes)
+    done = store.compare_and_set(job_id, {S.QUEUED}, changes, None, event)
     if done is not None:
         return CancelOutcome(done, canceled=True, delete_input=True)
-    done = store.compare_and_set(job_id, {S.PREPARING}, {"status": S.CANCELED, "finished_at": now()})
+    done = store.compare_and_set(job_id, {S.PREPARING}, changes, None, event)
     if done is not None:
         return CancelOutcome(done, canceled=True, delete_input=False)
     current = store.get(job_id)

@@ -5,6 +5,11 @@ id, so a job is one message); the worker registers the task under the same name.
 other: the gateway publishes new jobs with `JobPublisher`, the workers' recovery watchdog publishes the
 jobs it takes back with the same class.
 
+Priorities are separate queues (`queue_names`): `{queue_name}.high`, `{queue_name}` (normal) and
+`{queue_name}.low`. Workers consume them in that order, and on Redis the transport's `priority` queue
+order strategy makes every poll take from the first non-empty queue, so a backlog of `low` never holds
+back a `high` job (the SQL transport of the embedded mode polls its queues round-robin instead).
+
 `JobPublisher.waiting_ids()` reads which job ids have a message waiting in the broker (not yet delivered
 to any worker). The sweeper needs it to tell a queued job whose message waits (leave it) from one whose
 message is gone (a gateway that crashed between writing the record and publishing, a message a killed
@@ -32,6 +37,20 @@ _REDIS_PRIORITY_STEPS = (3, 6, 9)
 _MAX_SCAN = 50_000
 
 
+PRIORITIES = ("high", "normal", "low")
+
+
+def queue_names(base: str) -> list[str]:
+    """The queues of every priority, highest first (the order workers consume them in)."""
+    return [queue_for(base, p) for p in PRIORITIES]
+
+
+def queue_for(base: str, priority: str) -> str:
+    if priority not in PRIORITIES:
+        raise ValueError(f"unknown priority {priority!r}")
+    return base if priority == "normal" else f"{base}.{priority}"
+
+
 class BrokerError(Exception):
     """The broker refused or could not be reached."""
 
@@ -44,6 +63,8 @@ def broker_transport_options(settings: CommonSettings) -> dict[str, Any]:
         "visibility_timeout": settings.visibility_timeout_s,
         "socket_timeout": 5,
         "socket_connect_timeout": 2,
+        # Poll the queues in the order consumed (high, normal, low), not round-robin.
+        "queue_order_strategy": "priority",
     }
 
 
@@ -72,9 +93,10 @@ class JobPublisher:
             task_default_queue=self.queue_name,
         )
 
-    def publish(self, job_id: str) -> None:
+    def publish(self, job_id: str, priority: str = "normal") -> None:
+        queue = queue_for(self.queue_name, priority)
         try:
-            self.app.send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=self.queue_name, retry=False)
+            self.app.send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=queue, retry=False)
         except Exception as exc:  # kombu raises OperationalError, redis/OSError or SQL errors by transport
             log.warning("broker refused job %s: %s", job_id, exc)
             raise BrokerError(str(exc)) from exc
@@ -106,8 +128,10 @@ class JobPublisher:
     def _redis_waiting(self) -> set[str]:
         import redis
 
-        keys = [self.queue_name] + [
-            f"{self.queue_name}{_REDIS_PRIORITY_SEP}{p}" for p in _REDIS_PRIORITY_STEPS
+        keys = [
+            key
+            for name in queue_names(self.queue_name)
+            for key in [name] + [f"{name}{_REDIS_PRIORITY_SEP}{p}" for p in _REDIS_PRIORITY_STEPS]
         ]
         client = redis.Redis.from_url(self.broker_url, socket_timeout=5, socket_connect_timeout=2)
         try:
@@ -132,9 +156,9 @@ class JobPublisher:
                 rows = conn.execute(
                     sa.text(
                         "SELECT m.payload FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id"
-                        " WHERE q.name = :name AND m.visible LIMIT :n"
-                    ),
-                    {"name": self.queue_name, "n": _MAX_SCAN},
+                        " WHERE q.name IN :names AND m.visible LIMIT :n"
+                    ).bindparams(sa.bindparam("names", expanding=True)),
+                    {"names": queue_names(self.queue_name), "n": _MAX_SCAN},
                 ).fetchall()
             return {i for i in (_message_id(r[0]) for r in rows) if i}
         finally:

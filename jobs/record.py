@@ -77,6 +77,15 @@ class JobRecord:
     audio_seconds: float | None = None
     # The sampling settings the model really ran with (defaults resolved from the checkpoint).
     sampling: dict[str, Any] | None = None
+    # Queue priority (`low`, `normal`, `high`; the task goes to that priority's queue).
+    priority: str = "normal"
+    # A job not claimed by a worker by this time fails with `deadline_exceeded` and never runs.
+    deadline_at: float | None = None
+    # Webhook target, the events it wants (`start`, `progress`, `completed`), and the delivery record
+    # `{attempts, last_status, delivered}` the webhook sender keeps up to date.
+    webhook_url: str | None = None
+    webhook_events: list[str] | None = None
+    webhook: dict[str, Any] | None = None
 
     @property
     def created_us(self) -> int:
@@ -153,9 +162,11 @@ class JobStore(ABC):
         allowed: set[JobStatus] | frozenset[JobStatus],
         changes: dict[str, Any],
         expect: dict[str, Any] | None = None,
+        event: dict[str, Any] | None = None,
     ) -> JobRecord | None:
         """The primitive under `jobs.lifecycle` (call those, not this): apply `changes` (may include a new
-        "status") iff the current status is in `allowed` and every field in `expect` has that value.
+        "status") iff the current status is in `allowed` and every field in `expect` has that value, and
+        append `event` to the job's event log (`jobs.events`) in the same atomic step.
 
         Returns the updated record, or None when the job is missing or in another status.
         """
@@ -175,7 +186,12 @@ class JobStore(ABC):
 
     @abstractmethod
     def set_progress(self, job_ids: list[str], step: int, total: int) -> None:
-        """Record sampling progress of running jobs (best effort, no status check)."""
+        """Record sampling progress of running jobs (best effort, no status check), and append a
+        `progress` event to the log of each job that is running."""
+
+    @abstractmethod
+    def update_webhook(self, job_id: str, webhook: dict[str, Any]) -> None:
+        """Record the webhook delivery state of a job (no status change, no event)."""
 
     @abstractmethod
     def list_jobs(

@@ -10,6 +10,7 @@ worker at a time under a store lock) therefore
   whose live worker no longer lists it (`orphaned`: its final write was lost, e.g. while the store
   restarted): `lifecycle.requeue` with one more attempt, fenced on the lease the worker claimed it with,
   and a fresh task message; past `max_attempts` the job fails with `worker_lost` instead of looping;
+- fails every queued job past its deadline (`lifecycle.miss_deadline`, `deadline_exceeded`);
 - republishes every queued job whose message has, for `lost_message_grace_s`, waited in no broker queue
   and in no live worker's reserved list (`message_lost`): a gateway that crashed between writing the record and publishing, a message a
   killed worker had reserved, a broker restarted without its data.
@@ -44,6 +45,7 @@ class RecoveryReport:
     requeued: dict[str, list[str]] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
     republish_failed: list[str] = field(default_factory=list)
+    missed_deadline: list[str] = field(default_factory=list)
 
     def add(self, reason: str, job_id: str) -> None:
         self.requeued.setdefault(reason, []).append(job_id)
@@ -130,9 +132,19 @@ def recover_jobs(
         log.warning("job %s taken back from worker %s (%s); requeued", job.id, job.worker, reason)
         report.add(reason, job.id)
         try:
-            publisher.publish(job.id)
+            publisher.publish(job.id, job.priority)
         except BrokerError:
             report.republish_failed.append(job.id)  # queued in the store: the sweep below retries it
+
+    # Jobs nobody claimed before their deadline fail now (a worker would fail them at claim anyway,
+    # but a deep queue could keep them waiting long past it).
+    for job in store.queued_jobs():
+        if job.deadline_at is not None and job.deadline_at <= t:
+            if lifecycle.miss_deadline(store, job.id) is not None:
+                log.info("job %s missed its deadline in the queue", job.id)
+                report.missed_deadline.append(job.id)
+                if storage is not None:
+                    storage.delete(job.input_key)
 
     # A message a live worker received and has not finished (it may wait there for a free task thread).
     reserved = {str(i) for w in live.values() for i in w.get("reserved") or ()}
@@ -154,7 +166,7 @@ def recover_jobs(
         if job.id in waiting or lifecycle.mark_published(store, job.id) is None:
             continue
         try:
-            publisher.publish(job.id)
+            publisher.publish(job.id, job.priority)
         except BrokerError:
             report.republish_failed.append(job.id)
             continue

@@ -9,6 +9,8 @@ Keys (all under `prefix`):
   expiry                sorted set of succeeded job ids, score = expires_at (janitor)
   idem:{owner}:{key}    JSON {job_id, request_hash}, expires with the results
   worker:{id}           JSON heartbeat, expires after its TTL; workers = sorted set id -> expiry
+  events:{id}           stream of the job's status and progress events (`jobs.events`), capped, expiring
+                        with the record
 
 Status changes run as Lua scripts, so check-and-set is atomic even with many gateways and workers.
 """
@@ -24,6 +26,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 import redis
 
+from jobs.events import MAX_EVENTS, events_key, status_event
 from jobs.record import (
     IdempotencyConflict,
     JobRecord,
@@ -35,21 +38,29 @@ from jobs.record import (
     encode_cursor,
 )
 
+# KEYS: 1 job, 2 owner, 3 queued, 4 events, [5 idempotency key]
+# ARGV: 1 id, 2 score, 3 idempotency value, 4 its TTL, 5 first event, 6 events cap, 7 events TTL,
+#       8.. the field/value pairs
 _CREATE = """
-if #KEYS == 4 then
-  local existing = redis.call('GET', KEYS[4])
+if #KEYS == 5 then
+  local existing = redis.call('GET', KEYS[5])
   if existing then return existing end
-  redis.call('SET', KEYS[4], ARGV[3], 'EX', ARGV[4])
+  redis.call('SET', KEYS[5], ARGV[3], 'EX', ARGV[4])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[4])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'data', ARGV[5])
+redis.call('EXPIRE', KEYS[4], ARGV[7])
 return false
 """
 
+# KEYS: 1 job, 2 queued, 3 expiry, 4 held, 5 events
 # ARGV: 1 id, 2 allowed statuses ('|'-joined, JSON-encoded), 3 new status (JSON) or '',
-#       4 expiry score or '', 5 key TTL seconds or '', 6 n = number of expected fields,
-#       7 .. 6+2n expected field/value pairs (JSON), then the field/value pairs to write
+#       4 expiry score or '', 5 key TTL seconds or '', 6 event (JSON) or '', 7 events cap,
+#       8 events TTL while the record has none, 9 n = number of expected fields,
+#       10 .. 9+2n expected field/value pairs (JSON), then the field/value pairs to write
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return false end
@@ -58,13 +69,13 @@ for s in string.gmatch(ARGV[2], '[^|]+') do
   if s == cur then ok = true end
 end
 if not ok then return false end
-local n = tonumber(ARGV[6])
+local n = tonumber(ARGV[9])
 for i = 0, n - 1 do
-  local have = redis.call('HGET', KEYS[1], ARGV[7 + 2 * i])
+  local have = redis.call('HGET', KEYS[1], ARGV[10 + 2 * i])
   if have == false then have = 'null' end
-  if have ~= ARGV[8 + 2 * i] then return false end
+  if have ~= ARGV[11 + 2 * i] then return false end
 end
-local first = 7 + 2 * n
+local first = 10 + 2 * n
 if #ARGV >= first then redis.call('HSET', KEYS[1], unpack(ARGV, first)) end
 if ARGV[3] ~= '' then
   if ARGV[3] == '"queued"' then redis.call('SADD', KEYS[2], ARGV[1]) else redis.call('SREM', KEYS[2], ARGV[1]) end
@@ -77,11 +88,27 @@ if ARGV[3] ~= '' then
 end
 if ARGV[4] ~= '' then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1]) end
 if ARGV[5] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
+if ARGV[3] ~= '' and ARGV[6] ~= '' then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'data', ARGV[6])
+  if ARGV[5] ~= '' then redis.call('EXPIRE', KEYS[5], ARGV[5]) else redis.call('EXPIRE', KEYS[5], ARGV[8]) end
+end
 return redis.call('HGETALL', KEYS[1])
 """
 
+# KEYS: 1 job, 2 events; ARGV: 1 progress (JSON), 2 event (JSON), 3 events cap, 4 events TTL
 _PROGRESS = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'progress', ARGV[1]) end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+  if redis.call('HGET', KEYS[1], 'status') == '"running"' then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'data', ARGV[2])
+    redis.call('EXPIRE', KEYS[2], ARGV[4])
+  end
+end
+return 0
+"""
+
+_WEBHOOK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'webhook', ARGV[1]) end
 return 0
 """
 
@@ -116,6 +143,7 @@ class RedisJobStore(JobStore):
         self._create = self.r.register_script(_CREATE)
         self._transition = self.r.register_script(_TRANSITION)
         self._progress = self.r.register_script(_PROGRESS)
+        self._webhook = self.r.register_script(_WEBHOOK)
 
     def _job(self, job_id: str) -> str:
         return f"{self.p}:job:{job_id}"
@@ -123,12 +151,15 @@ class RedisJobStore(JobStore):
     def _owner(self, owner: str) -> str:
         return f"{self.p}:owner:{owner}"
 
+    def _events(self, job_id: str) -> str:
+        return events_key(self.p, job_id)
+
     def _idem(self, owner: str, key: str) -> str:
         return f"{self.p}:idem:{owner}:{hashlib.sha256(key.encode()).hexdigest()[:32]}"
 
     @_unavailable_on_connection_error
     def create(self, job: JobRecord, idempotency_ttl_s: int) -> tuple[JobRecord, bool]:
-        keys = [self._job(job.id), self._owner(job.owner), f"{self.p}:queued"]
+        keys = [self._job(job.id), self._owner(job.owner), f"{self.p}:queued", self._events(job.id)]
         idem_value = ""
         if job.idempotency_key:
             keys.append(self._idem(job.owner, job.idempotency_key))
@@ -136,8 +167,19 @@ class RedisJobStore(JobStore):
         pairs: list[Any] = []
         for k, v in job.to_fields().items():
             pairs += [k, dumps(v)]
+        first_event = dumps(status_event(str(job.status), job.created_at, {}))
         existing = self._create(
-            keys=keys, args=[job.id, job.created_us, idem_value, idempotency_ttl_s, *pairs]
+            keys=keys,
+            args=[
+                job.id,
+                job.created_us,
+                idem_value,
+                idempotency_ttl_s,
+                first_event,
+                MAX_EVENTS,
+                self.record_ttl_s,
+                *pairs,
+            ],
         )
         if existing is None:
             return job, True
@@ -146,7 +188,7 @@ class RedisJobStore(JobStore):
             raise IdempotencyConflict(ref["job_id"])
         old = self.get(ref["job_id"])
         if old is None:  # the record was purged while the key lived: let the caller retry fresh
-            self.r.delete(keys[3])
+            self.r.delete(keys[4])
             return self.create(job, idempotency_ttl_s)
         return old, False
 
@@ -162,6 +204,7 @@ class RedisJobStore(JobStore):
             return
         pipe = self.r.pipeline()
         pipe.delete(self._job(job_id))
+        pipe.delete(self._events(job_id))
         pipe.zrem(self._owner(job.owner), job_id)
         pipe.srem(f"{self.p}:queued", job_id)
         pipe.srem(f"{self.p}:held", job_id)
@@ -177,6 +220,7 @@ class RedisJobStore(JobStore):
         allowed: set[JobStatus] | frozenset[JobStatus],
         changes: dict[str, Any],
         expect: dict[str, Any] | None = None,
+        event: dict[str, Any] | None = None,
     ) -> JobRecord | None:
         new_status = changes.get("status")
         pairs: list[Any] = []
@@ -199,13 +243,22 @@ class RedisJobStore(JobStore):
         for k, v in (expect or {}).items():
             expected += [k, dumps(v)]
         raw = self._transition(
-            keys=[self._job(job_id), f"{self.p}:queued", f"{self.p}:expiry", f"{self.p}:held"],
+            keys=[
+                self._job(job_id),
+                f"{self.p}:queued",
+                f"{self.p}:expiry",
+                f"{self.p}:held",
+                self._events(job_id),
+            ],
             args=[
                 job_id,
                 "|".join(dumps(str(s)) for s in allowed),
                 dumps(str(new_status)) if new_status is not None else "",
                 expiry,
                 ttl,
+                dumps(event) if event is not None else "",
+                MAX_EVENTS,
+                self.record_ttl_s,
                 len(expected) // 2,
                 *expected,
                 *pairs,
@@ -243,10 +296,21 @@ class RedisJobStore(JobStore):
     @_unavailable_on_connection_error
     def set_progress(self, job_ids: list[str], step: int, total: int) -> None:
         value = dumps({"step": step, "total": total})
+        event = dumps(
+            {"type": "progress", "stage": "sampling", "step": step, "total": total, "at": time.time()}
+        )
         pipe = self.r.pipeline(transaction=False)
         for job_id in job_ids:
-            self._progress(keys=[self._job(job_id)], args=[value], client=pipe)
+            self._progress(
+                keys=[self._job(job_id), self._events(job_id)],
+                args=[value, event, MAX_EVENTS, self.record_ttl_s],
+                client=pipe,
+            )
         pipe.execute()
+
+    @_unavailable_on_connection_error
+    def update_webhook(self, job_id: str, webhook: dict[str, Any]) -> None:
+        self._webhook(keys=[self._job(job_id)], args=[dumps(webhook)])
 
     @_unavailable_on_connection_error
     def list_jobs(
@@ -290,7 +354,7 @@ class RedisJobStore(JobStore):
 
     @_unavailable_on_connection_error
     def queued_count(self) -> int:
-        return int(self.r.scard(f"{self.p}:queued"))
+        return int(cast(int, self.r.scard(f"{self.p}:queued")))
 
     @_unavailable_on_connection_error
     def due_for_expiry(self, at: float, limit: int = 100) -> list[JobRecord]:

@@ -2,6 +2,8 @@
 
 Gateway and worker are separate processes sharing one database file; WAL mode lets readers run while
 one writer commits, and every compare-and-set runs inside `BEGIN IMMEDIATE` so it holds the write lock.
+A job's events (`jobs.events`) are rows of the `events` table, written in the same transaction as the
+change they record.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from jobs.events import MAX_EVENTS, status_event
 from jobs.record import (
     IdempotencyConflict,
     JobRecord,
@@ -50,6 +53,12 @@ CREATE TABLE IF NOT EXISTS locks (
   name TEXT PRIMARY KEY,
   expires_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS events (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  job_id TEXT NOT NULL,
+  data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id, seq);
 CREATE TABLE IF NOT EXISTS workers (
   id TEXT PRIMARY KEY,
   info TEXT NOT NULL,
@@ -141,7 +150,12 @@ class SqliteJobStore(JobStore):
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 self._row(job),
             )
+            self._add_event(db, job.id, status_event(str(job.status), job.created_at, {}))
         return job, True
+
+    @staticmethod
+    def _add_event(db: sqlite3.Connection, job_id: str, event: dict[str, Any]) -> None:
+        db.execute("INSERT INTO events (job_id, data) VALUES (?, ?)", (job_id, dumps(event)))
 
     def get(self, job_id: str) -> JobRecord | None:
         rows = self._read("SELECT data FROM jobs WHERE id=?", (job_id,))
@@ -151,6 +165,7 @@ class SqliteJobStore(JobStore):
         with self._tx() as db:
             db.execute("DELETE FROM idempotency WHERE job_id=?", (job_id,))
             db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+            db.execute("DELETE FROM events WHERE job_id=?", (job_id,))
 
     def compare_and_set(
         self,
@@ -158,6 +173,7 @@ class SqliteJobStore(JobStore):
         allowed: set[JobStatus] | frozenset[JobStatus],
         changes: dict[str, Any],
         expect: dict[str, Any] | None = None,
+        event: dict[str, Any] | None = None,
     ) -> JobRecord | None:
         with self._tx() as db:
             row = db.execute("SELECT data FROM jobs WHERE id=?", (job_id,)).fetchone()
@@ -174,15 +190,32 @@ class SqliteJobStore(JobStore):
                 "UPDATE jobs SET owner=?, status=?, created_us=?, expires_at=?, finished_at=?, data=? WHERE id=?",
                 self._row(job),
             )
+            if event is not None and "status" in changes:
+                self._add_event(db, job_id, event)
         return job
 
     def set_progress(self, job_ids: list[str], step: int, total: int) -> None:
+        event = {"type": "progress", "stage": "sampling", "step": step, "total": total, "at": time.time()}
         with self._tx() as db:
             for job_id in job_ids:
                 db.execute(
                     "UPDATE jobs SET data=json_set(data, '$.progress', json(?)) WHERE id=?",
                     (dumps({"step": step, "total": total}), job_id),
                 )
+                if db.execute("SELECT 1 FROM jobs WHERE id=? AND status='running'", (job_id,)).fetchone():
+                    self._add_event(db, job_id, event)
+                    db.execute(
+                        "DELETE FROM events WHERE job_id=? AND seq <= (SELECT seq FROM events WHERE job_id=?"
+                        " ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                        (job_id, job_id, MAX_EVENTS),
+                    )
+
+    def update_webhook(self, job_id: str, webhook: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET data=json_set(data, '$.webhook', json(?)) WHERE id=?",
+                (dumps(webhook), job_id),
+            )
 
     def list_jobs(
         self, owner: str, status: JobStatus | None, limit: int, cursor: str | None
@@ -233,6 +266,7 @@ class SqliteJobStore(JobStore):
     def purge_records(self, before: float) -> int:
         with self._tx() as db:
             cur = db.execute("DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at<?", (before,))
+            db.execute("DELETE FROM events WHERE job_id NOT IN (SELECT id FROM jobs)")
             db.execute("DELETE FROM idempotency WHERE expires_at<?", (time.time(),))
             db.execute("DELETE FROM workers WHERE expires_at<?", (time.time(),))
         return cur.rowcount

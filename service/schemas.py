@@ -68,6 +68,17 @@ class SynthesisFormBase(BaseModel):
     output: Literal["wav", "mp4"] = Field(
         default="wav", description="`mp4` also returns the video with the new audio."
     )
+    priority: Literal["low", "normal", "high"] = Field(
+        default="normal",
+        description="Queue priority: `high` jobs are taken before `normal`, `normal` before `low`. "
+        "Lowered to the key's cap.",
+    )
+    deadline_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds from now: a job no worker started by then fails with `deadline_exceeded` "
+        "and never runs.",
+    )
 
     def params(self) -> SynthesisParams:
         return SynthesisParams.from_dict(self.model_dump(include=set(_PARAM_FIELDS))).validate()
@@ -102,6 +113,7 @@ class Progress(BaseModel):
 
 class JobUrls(BaseModel):
     job: str
+    events: str | None = Field(default=None, description="Live status and progress (text/event-stream).")
     cancel: str | None = None
     audio: str | None = Field(default=None, description="WAV download, once succeeded.")
     video: str | None = Field(default=None, description="MP4 with the new soundtrack, when output=mp4.")
@@ -127,6 +139,10 @@ class Job(BaseModel):
     )
     video_seconds: float | None = None
     audio_seconds: float | None = None
+    priority: Literal["low", "normal", "high"] = "normal"
+    deadline_at: datetime | None = Field(
+        default=None, description="A job not started by then fails with `deadline_exceeded`."
+    )
     error: ErrorBody | None = None
     urls: JobUrls
 
@@ -134,7 +150,7 @@ class Job(BaseModel):
     def from_record(cls, job: JobRecord) -> Job:
         status = JobStatus.EXPIRED if job.is_expired() else job.status
         base = f"/v1/jobs/{job.id}"
-        urls = JobUrls(job=base)
+        urls = JobUrls(job=base, events=f"{base}/events")
         if status in (JobStatus.QUEUED, JobStatus.PREPARING):
             urls.cancel = f"{base}/cancel"
         if status == JobStatus.SUCCEEDED:
@@ -156,6 +172,8 @@ class Job(BaseModel):
             batch_size=job.batch_size,
             video_seconds=job.video_seconds,
             audio_seconds=job.audio_seconds,
+            priority=job.priority,  # type: ignore[arg-type]
+            deadline_at=_dt(job.deadline_at),
             error=ErrorBody(**job.error) if job.error else None,
             urls=urls,
         )

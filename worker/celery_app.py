@@ -17,8 +17,9 @@ import os
 from typing import Any
 
 from celery import Celery, signals
+from kombu import Exchange, Queue
 
-from jobs.queue import broker_transport_options
+from jobs.queue import broker_transport_options, queue_names
 from worker import metrics
 from worker.settings import WorkerSettings
 
@@ -31,6 +32,8 @@ app.conf.update(
     broker_transport_options=broker_transport_options(settings),
     broker_connection_retry_on_startup=True,
     task_default_queue=settings.queue_name,
+    # Every priority's queue, highest first: consumed in this order (see jobs.queue).
+    task_queues=[Queue(name, Exchange(name), routing_key=name) for name in queue_names(settings.queue_name)],
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     task_ignore_result=True,

@@ -80,7 +80,7 @@ class ModelRuntime:
             if s.torch_threads:
                 torch.set_num_threads(s.torch_threads)
             t0 = time.perf_counter()
-            extra = {"engine_dir": s.engine_dir} if s.engine_dir is not None else {}
+            extra: dict[str, Any] = {"engine_dir": s.engine_dir} if s.engine_dir is not None else {}
             self.synth = Synthesizer.load(s.checkpoint, engine=s.engine, device=s.device, **extra)
             if s.warmup:
                 self.synth.warmup()
@@ -308,6 +308,8 @@ class ModelRuntime:
         )
         for reason, ids in report.requeued.items():
             metrics.JOBS_RECOVERED.labels(reason).inc(len(ids))
+        if report.missed_deadline:
+            metrics.JOBS_FINISHED.labels("failed").inc(len(report.missed_deadline))
         if report.failed:
             metrics.JOBS_FINISHED.labels("failed").inc(len(report.failed))
             metrics.JOBS_LOST.inc(len(report.failed))

@@ -159,7 +159,7 @@ def hand_back(rt: ModelRuntime, job: JobRecord) -> str:
         return "skipped:raced"
     metrics.JOBS_RECOVERED.labels("handed_back").inc()
     try:
-        rt.publisher.publish(job.id)
+        rt.publisher.publish(job.id, job.priority)
     except BrokerError:
         log.warning("job %s handed back but not republished; the watchdog will republish it", job.id)
     log.info("job %s handed back to the queue (worker shutting down)", job.id)
@@ -200,6 +200,14 @@ def _run_job(rt: ModelRuntime, job_id: str) -> str:
             metrics.JOBS_LOST.inc()
             return "failed"
         metrics.JOBS_RECOVERED.labels("worker_lost").inc()
+    if job.deadline_at is not None and job.deadline_at <= time.time():
+        missed = lifecycle.miss_deadline(rt.store, job.id)
+        if missed is None:  # canceled or claimed meanwhile
+            return "skipped:raced"
+        rt.storage.delete(job.input_key)
+        _finish_metrics(missed, "failed")
+        log.info("job %s missed its deadline in the queue; it does not run", job.id)
+        return "deadline_exceeded"
     claimed = lifecycle.claim(rt.store, job.id, rt.worker_id)
     if claimed is None:  # canceled (or taken) between the read above and the claim
         return "skipped:raced"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -269,15 +270,14 @@ class AsyncClient:
                     if r.status_code >= 400:
                         await r.aread()
                         raise from_response(r)
-                    # Opened like any new file (the umask applies), under a name of its own.
-                    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.part"
+                    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
                     try:
-                        with open(tmp, "xb") as out:
+                        with os.fdopen(fd, "wb") as out:
                             async for chunk in r.aiter_bytes():
                                 out.write(chunk)
                         os.replace(tmp, dest)
                     except BaseException:
-                        tmp.unlink(missing_ok=True)
+                        Path(tmp).unlink(missing_ok=True)
                         raise
                     return dest
             except httpx.TransportError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -270,15 +271,14 @@ class Client:
                     if r.status_code >= 400:
                         r.read()
                         raise from_response(r)
-                    # Opened like any new file (the umask applies), under a name of its own.
-                    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.part"
+                    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
                     try:
-                        with open(tmp, "xb") as out:
+                        with os.fdopen(fd, "wb") as out:
                             for chunk in r.iter_bytes():
                                 out.write(chunk)
                         os.replace(tmp, dest)
                     except BaseException:
-                        tmp.unlink(missing_ok=True)
+                        Path(tmp).unlink(missing_ok=True)
                         raise
                     return dest
             except httpx.TransportError as exc:

@@ -1,4 +1,5 @@
-"""POST /v1/synthesize: accept a video, queue a job, answer 202 at once."""
+"""POST /v1/synthesize: accept a video, queue a job, answer 202 at once (or, with `Prefer: wait=N`, the
+finished job when it ends within N seconds)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from starlette.concurrency import run_in_threadpool
 from diffv2s.config import VideoConfig
 from diffv2s.errors import InvalidParameter, VideoTooShort
 from diffv2s.video.decode import probe_video
-from jobs import IdempotencyConflict, JobRecord, JobStatus
+from jobs import TERMINAL, IdempotencyConflict, JobRecord, JobStatus
 from jobs.record import dumps, now
 from service import metrics
-from service.deps import OwnerDep, QueueDep, QuotasDep, SettingsDep, StorageDep, StoreDep
+from service.api.routes.events import wait_for_end
+from service.deps import OwnerDep, QueueDep, SettingsDep, StorageDep, StoreDep
 from service.errors import BrokerUnavailable, IdempotencyKeyReused, QueueFull, error_responses
 from service.queue import BrokerError
 from service.schemas import Job, SynthesisForm, SynthesisFormBase
@@ -67,6 +69,11 @@ def _form(fields: dict[str, str]) -> SynthesisFormBase:
     summary="Submit a video; speech is synthesized in the background",
     openapi_extra=_FORM_SCHEMA,
     responses={
+        200: {
+            "description": "With `Prefer: wait=N`: the job ended within N seconds (succeeded, failed or "
+            "canceled).",
+            "headers": {"Preference-Applied": {"schema": {"type": "string"}, "description": "wait=N"}},
+        },
         202: {
             "description": "Queued (or the job already created with this Idempotency-Key).",
             "headers": {
@@ -87,7 +94,6 @@ async def synthesize(
     store: StoreDep,
     storage: StorageDep,
     queue: QueueDep,
-    quotas: QuotasDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -96,27 +102,30 @@ async def synthesize(
             description="Same key and same request: the same job again. Same key, other request: 409.",
         ),
     ] = None,
+    prefer: Annotated[
+        str | None,
+        Header(
+            alias="Prefer",
+            max_length=200,
+            description="`wait=N` (N <= 60): answer 200 with the finished job if it ends within N seconds "
+            "(with `Preference-Applied: wait=N`), else the usual 202.",
+        ),
+    ] = None,
 ) -> JSONResponse:
-    # Admission control before reading the body: a full queue or a key over its quota costs no upload.
+    # Admission control before reading the body: a full queue costs the client no upload.
     if await run_in_threadpool(store.queued_count) >= settings.queue_max_depth:
         raise QueueFull(f"{settings.queue_max_depth} jobs are waiting; retry later")
-    await run_in_threadpool(quotas.check_in_flight, store, owner, settings.retry_after_s)
-    await run_in_threadpool(quotas.hit_submission, owner)
 
     job_id = str(uuid.uuid4())
-    with quotas.upload_slot(owner, settings.retry_after_s):
-        upload = await receive_upload(request, storage, job_id, settings.max_upload_bytes)
+    upload = await receive_upload(request, storage, job_id, settings.max_upload_bytes)
     assert upload.key is not None
     key = upload.key
     try:
         form = _form(upload.fields)
         params = form.params()
-        # Headers only (milliseconds; no frame over the pixel limit is decoded): a non-video, or a video
-        # over the pixel, frame-rate or frame-count limits, never reaches the queue.
-        limits = settings.video_limits
-        probe = await run_in_threadpool(probe_video, storage.local_path(key), limits)
+        # Headers only (milliseconds): a non-video never reaches the queue.
+        probe = await run_in_threadpool(probe_video, storage.local_path(key))
         probe.check(VideoConfig(max_seconds=settings.max_video_seconds))
-        limits.check(probe)
         if 0 < probe.duration < settings.min_video_seconds:
             raise VideoTooShort(
                 f"The video is {probe.duration:.2f} s long; at least {settings.min_video_seconds:g} s is needed."
@@ -135,6 +144,8 @@ async def synthesize(
             request_hash=request_hash,
             idempotency_key=idempotency_key,
             video_seconds=round(probe.duration, 4),
+            priority=_capped(form.priority, settings.priority_cap(owner)),
+            deadline_at=_deadline(form.deadline_s, settings.max_deadline_s),
         )
         job, created = await run_in_threadpool(store.create, record, settings.result_ttl_s)
     except IdempotencyConflict as exc:
@@ -150,13 +161,57 @@ async def synthesize(
     if not created:
         await run_in_threadpool(storage.delete, key)
         headers["Idempotent-Replayed"] = "true"
-        return JSONResponse(Job.from_record(job).model_dump(mode="json"), status_code=202, headers=headers)
+        return await _answer(settings, store, job, headers, prefer)
 
     try:
-        await run_in_threadpool(queue.enqueue, job.id)
+        await run_in_threadpool(queue.enqueue, job.id, job.priority)
     except BrokerError as exc:
         await run_in_threadpool(store.delete, job.id)
         await run_in_threadpool(storage.delete, key)
         raise BrokerUnavailable("the job queue is unavailable; retry later") from exc
     metrics.JOBS_SUBMITTED.inc()
+    return await _answer(settings, store, job, headers, prefer)
+
+
+_PRIORITY_RANK = {"low": 0, "normal": 1, "high": 2}
+
+
+def _capped(priority: str, cap: str) -> str:
+    return priority if _PRIORITY_RANK[priority] <= _PRIORITY_RANK[cap] else cap
+
+
+def _deadline(deadline_s: float | None, max_deadline_s: float) -> float | None:
+    if deadline_s is None:
+        return None
+    if deadline_s > max_deadline_s:
+        raise InvalidParameter(f"deadline_s: at most {max_deadline_s:g} seconds")
+    return now() + deadline_s
+
+
+def prefer_wait(prefer: str | None, limit_s: int) -> int | None:
+    """N of a `Prefer: wait=N` header (RFC 7240), at most `limit_s`; None without one."""
+    for part in (prefer or "").replace(";", ",").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                return max(0, min(int(value.strip().strip('"')), limit_s))
+            except ValueError:
+                raise InvalidParameter("Prefer: wait=N needs a whole number of seconds") from None
+    return None
+
+
+async def _answer(
+    settings: SettingsDep, store: StoreDep, job: JobRecord, headers: dict[str, str], prefer: str | None
+) -> JSONResponse:
+    """202 with the job, or with `Prefer: wait=N` the finished job (200) when it ends within N seconds."""
+    wait_s = prefer_wait(prefer, settings.max_prefer_wait_s)
+    if wait_s is not None:
+        headers["Preference-Applied"] = f"wait={wait_s}"
+        if job.status not in TERMINAL:
+            job = await wait_for_end(settings, store, job.id, wait_s) or job
+        if job.status in TERMINAL:
+            del headers["Retry-After"]
+            return JSONResponse(
+                Job.from_record(job).model_dump(mode="json"), status_code=200, headers=headers
+            )
     return JSONResponse(Job.from_record(job).model_dump(mode="json"), status_code=202, headers=headers)
