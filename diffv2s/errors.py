@@ -72,3 +72,27 @@ class InferenceEngineUnavailable(CheckpointError):
     start-up error. (Not the corpus's text-to-speech engines: those have errors of their own.)"""
 
     code = "engine_unavailable"
+
+
+class VideoOverLimit(InputError):
+    """The video is over a limit checked before (and while) decoding; the message names the limit."""
+
+    code = "video_over_limit"
+
+
+class ResolutionTooHigh(VideoOverLimit):
+    code = "resolution_too_high"
+
+
+class FrameRateTooHigh(VideoOverLimit):
+    code = "frame_rate_too_high"
+
+
+class TooManyFrames(VideoOverLimit):
+    code = "too_many_frames"
+
+
+class PreparationTimeout(VideoOverLimit):
+    """Decoding and face tracking took longer than the wall-clock limit on preparation."""
+
+    code = "preparation_timeout"

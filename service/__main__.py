@@ -9,10 +9,27 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from service.settings import Settings
+
+
+def server_bounds(settings: Settings) -> dict[str, Any]:
+    """uvicorn's bounds on what an unauthenticated client can hold (issue 17, finding 4).
+
+    h11, not httptools: httptools sets no limit on a header line, so a client sending a 200 MB header
+    with no end grows the process; h11 refuses an unfinished request head past `max_header_bytes`.
+    `limit_concurrency` answers 503 past that many connections; `timeout_keep_alive` closes idle ones.
+    A client trickling a body is bounded by the reverse proxy in front (README "Limits").
+    """
+    return {
+        "http": "h11",
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        "limit_concurrency": settings.limit_concurrency,
+        "timeout_keep_alive": settings.timeout_keep_alive_s,
+    }
 
 
 def main() -> None:
@@ -35,6 +52,7 @@ def main() -> None:
         workers=settings.web_concurrency,
         proxy_headers=True,
         log_level="info",
+        **server_bounds(settings),
     )
 
 

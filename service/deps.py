@@ -10,7 +10,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from jobs import JobStore
 from jobs.storage import Storage
 from service.errors import Unauthorized
+from service.keys import KeyRing
 from service.queue import JobQueue
+from service.ratelimit import KeyQuotas
 from service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
@@ -36,16 +38,23 @@ def get_queue(request: Request) -> JobQueue:
     return queue
 
 
+def get_quotas(request: Request) -> KeyQuotas:
+    quotas: KeyQuotas = request.app.state.quotas
+    return quotas
+
+
 def current_owner(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> str:
-    """The caller's owner id (a hash of the key); raises 401 for a missing or unknown key."""
+    """The caller's owner id (a hash of the key); raises 401 for a missing or unknown key and 429 when
+    the key is over its request rate. The key itself is never logged or stored."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("send `Authorization: Bearer <API key>`")
-    owners: dict[str, str] = request.app.state.owners
-    owner = owners.get(credentials.credentials)
+    keyring: KeyRing = request.app.state.keyring
+    owner = keyring.owner(credentials.credentials)
     if owner is None:
         raise Unauthorized("unknown API key")
+    get_quotas(request).hit_request(owner)
     return owner
 
 
@@ -54,3 +63,4 @@ StoreDep = Annotated[JobStore, Depends(get_store)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 OwnerDep = Annotated[str, Depends(current_owner)]
+QuotasDep = Annotated[KeyQuotas, Depends(get_quotas)]

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import uvicorn
@@ -62,8 +62,20 @@ def prepare_env(var: Path) -> str | None:
     return key_file.read_text().strip()
 
 
-def banner(url: str, key: str, dev_key: bool) -> str:
-    auth = f'-H "Authorization: Bearer {key}"'
+# The worker needs no API key; it must not hold one (a crash dump or `ps e` would show it).
+_GATEWAY_ONLY_ENV = ("DIFFV2S_API_KEYS", "DIFFV2S_API_KEYS_FILE")
+
+
+def worker_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The worker's environment: the gateway's, without the API keys."""
+    return {k: v for k, v in env.items() if k not in _GATEWAY_ONLY_ENV}
+
+
+def banner(url: str, key: str | None, dev_key: bool) -> str:
+    shown = key if key is not None else "$KEY"
+    auth = f'-H "Authorization: Bearer {shown}"'
+    if key is None:
+        key = "(one of the keys you configured; not shown)"
     where = " (a development key, kept in var/dev-api-key)" if dev_key else ""
     return f"""
 DiffV2S is running (embedded mode: gateway + 1 worker, no external server)
@@ -109,7 +121,7 @@ def main() -> int:
     # The worker also stops by itself if this process dies first (WorkerSettings.parent_pid).
     worker = subprocess.Popen(
         [sys.executable, "-m", "worker"],
-        env=os.environ | {"DIFFV2S_PARENT_PID": str(os.getpid())},
+        env=worker_env(os.environ) | {"DIFFV2S_PARENT_PID": str(os.getpid())},
         start_new_session=True,
     )
     stopping = threading.Event()
@@ -136,8 +148,8 @@ def main() -> int:
         while not server.started and not stopping.is_set():
             time.sleep(0.05)
         if server.started:
-            key = dev_key or sorted(settings.api_key_set)[0]
-            print(banner(url, key, dev_key is not None), flush=True)
+            # An operator's own keys are never printed: only the development key created here.
+            print(banner(url, dev_key, dev_key is not None), flush=True)
 
     threading.Thread(target=announce, daemon=True).start()
     threading.Thread(target=watch, daemon=True).start()

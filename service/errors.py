@@ -14,6 +14,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from diffv2s import errors as lib
 from jobs import StoreUnavailable
@@ -22,15 +24,21 @@ from service.schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
 
+CLIENT_CLOSED_REQUEST = 499
+
 
 class ServiceError(Exception):
     status = 500
     code = "internal_error"
     retry_after = False  # add a Retry-After header (429 / 503)
 
-    def __init__(self, message: str, *, code: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after_s: int | None = None, **extra: Any
+    ) -> None:
         super().__init__(message)
         self.message = message
+        # Overrides the configured Retry-After (e.g. when a rate-limit window resets).
+        self.retry_after_s = retry_after_s
         # Fields beside `error` in the body (e.g. the checks of /readyz).
         self.extra = extra
         if code is not None:
@@ -89,6 +97,12 @@ class QueueFull(ServiceError):
     status, code, retry_after = 429, "queue_full", True
 
 
+class TooManyRequests(ServiceError):
+    """A per-key quota: request rate, submission rate, jobs or uploads in flight."""
+
+    status, code, retry_after = 429, "rate_limited", True
+
+
 class BrokerUnavailable(ServiceError):
     status, code, retry_after = 503, "broker_unavailable", True
 
@@ -139,7 +153,9 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        headers = dict(retry) if exc.retry_after else {}
+        headers = {}
+        if exc.retry_after:
+            headers["Retry-After"] = str(exc.retry_after_s or retry_after_s)
         if isinstance(exc, Unauthorized):
             headers["WWW-Authenticate"] = "Bearer"
         return error_json(exc.status, exc.code, exc.message, headers or None, **exc.extra)
@@ -169,6 +185,12 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
         log.warning("%s on %s: %s", code, request.url.path, exc)
         return error_json(503, code, "the service is temporarily unavailable; retry later", retry)
 
+    async def on_client_disconnect(request: Request, exc: Exception) -> Response:
+        # The client went away mid-upload: nobody reads this answer. 499 (nginx's "client closed
+        # request") keeps it out of the 5xx count and the logs free of tracebacks.
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_json(500, "internal_error", "internal error")
@@ -179,6 +201,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(StoreUnavailable, on_unavailable)
     app.add_exception_handler(StorageUnavailable, on_unavailable)
+    app.add_exception_handler(ClientDisconnect, on_client_disconnect)
     app.add_exception_handler(Exception, on_unexpected)
 
 
@@ -190,7 +213,8 @@ _DESCRIPTIONS = {
     413: "The upload is larger than the limit (`upload_too_large`).",
     415: "Not multipart/form-data, or the file is not a video (`unsupported_video`, `no_video_stream`, `empty_file`).",
     422: "Bad parameters or an unusable video (`invalid_parameter`, `invalid_request`, `video_too_long`, ...).",
-    429: "Too many jobs waiting (`queue_full`); retry after `Retry-After` seconds.",
+    429: "Too many jobs waiting (`queue_full`) or a per-key quota reached (`rate_limited`, "
+    "`too_many_jobs_in_flight`, `too_many_uploads_in_flight`); retry after `Retry-After` seconds.",
     503: "Broker, job store or storage unavailable; retry after `Retry-After` seconds.",
 }
 

@@ -41,6 +41,8 @@ HTTP_DURATION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 JOBS_SUBMITTED = Counter("diffv2s_jobs_submitted", "Jobs accepted and queued")
+# Any other method (PROPFIND, PURGE, made-up ones) is one label: a client cannot create series.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class QueueDepthCollector(Collector):
@@ -90,6 +92,6 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            method = scope["method"]
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
             HTTP_REQUESTS.labels(template, method, str(status[0])).inc()
             HTTP_DURATION.labels(template, method).observe(time.perf_counter() - start)

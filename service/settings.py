@@ -8,17 +8,21 @@ prometheus_client use.
 
 from __future__ import annotations
 
+import hashlib
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
+from diffv2s.video.decode import DEFAULT_LIMITS, VideoLimits
 from jobs.record import owner_id
 from jobs.settings import CommonSettings
 
 # Keys shorter than this are refused outside dev: they can be guessed.
 MIN_PROD_KEY_LENGTH = 24
+# A stored key: `sha256:` and the hex digest of the key (`python -m service.keys hash`).
+HASH_PREFIX = "sha256:"
 
 
 class Settings(CommonSettings):
@@ -35,7 +39,8 @@ class Settings(CommonSettings):
     # Retry-After (s) sent with 429 / 503, and with 202 as the suggested first poll delay.
     retry_after_s: int = Field(default=5, ge=1)
     poll_after_s: int = Field(default=1, ge=1)
-    docs_enabled: bool = True
+    # /docs and /openapi.json; unset: on in dev, off in prod (Swagger UI loads its script from a CDN).
+    docs_enabled: bool | None = None
     metrics_enabled: bool = True
     # Used by `python -m service` (uvicorn); ignored when the app is served another way.
     host: str = "127.0.0.1"
@@ -46,6 +51,25 @@ class Settings(CommonSettings):
         default=None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR")
     )
     web_concurrency: int = Field(default=1, ge=1)
+
+    # --- Limits and access control (issue 17). Each limit's status is in the README "Limits" table. ---
+    # Checked from the header before any frame is decoded (422 naming the limit).
+    max_video_pixels: int = Field(default=DEFAULT_LIMITS.max_pixels, ge=1)
+    max_video_fps: float = Field(default=DEFAULT_LIMITS.max_fps, gt=0)
+    max_video_frames: int = Field(default=DEFAULT_LIMITS.max_frames, ge=1)
+    # Per API key, `limits` notation ("120/minute", "10/second;300/hour"); "" turns the limit off (429).
+    rate_limit_requests: str = "600/minute"
+    rate_limit_submissions: str = "60/minute"
+    # Queued + running jobs one key may have (429): one key cannot fill the queue for everyone.
+    max_jobs_in_flight_per_key: int = Field(default=100, ge=1)
+    # Concurrent uploads one key may stream into this gateway process (429).
+    max_uploads_in_flight_per_key: int = Field(default=4, ge=1)
+    # Comma-separated origins allowed by CORS; empty (the default) sends no CORS headers at all.
+    cors_origins: str = ""
+    # uvicorn's bounds (finding 4): connections, idle keep-alive, one header line/event.
+    limit_concurrency: int = Field(default=200, ge=1)
+    timeout_keep_alive_s: int = Field(default=5, ge=1)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
 
     # --- Job options (issue 18): priority, deadline, blocking mode, live events. ---
     # The highest priority a key may ask for (a higher one is lowered to it), for every key, and per key:
@@ -67,7 +91,7 @@ class Settings(CommonSettings):
                 "no API key configured: set DIFFV2S_API_KEYS (comma list) or DIFFV2S_API_KEYS_FILE"
             )
         if self.environment == "prod":
-            short = [k for k in keys if len(k) < MIN_PROD_KEY_LENGTH]
+            short = [k for k in self._plain_keys if len(k) < MIN_PROD_KEY_LENGTH]
             if short:
                 raise ValueError(
                     f"{len(short)} API key(s) shorter than {MIN_PROD_KEY_LENGTH} characters in prod"
@@ -75,12 +99,46 @@ class Settings(CommonSettings):
         return self
 
     @cached_property
-    def api_key_set(self) -> frozenset[str]:
+    def _key_entries(self) -> frozenset[str]:
         keys = [k.strip() for k in self.api_keys.split(",")]
         if self.api_keys_file is not None:
             for line in self.api_keys_file.read_text().splitlines():
                 keys.append(line.split("#", 1)[0].strip())
         return frozenset(k for k in keys if k)
+
+    @property
+    def _plain_keys(self) -> list[str]:
+        return [k for k in self._key_entries if not k.startswith(HASH_PREFIX)]
+
+    @cached_property
+    def api_key_set(self) -> frozenset[str]:
+        """The accepted keys as SHA-256 hex digests (plain keys are hashed here and not kept)."""
+        digests = set()
+        for entry in self._key_entries:
+            if entry.startswith(HASH_PREFIX):
+                digest = entry[len(HASH_PREFIX) :].lower()
+                if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                    raise ValueError(f"a `{HASH_PREFIX}` key entry is not 64 hex digits")
+                digests.add(digest)
+            else:
+                digests.add(hash_key(entry))
+        return frozenset(digests)
+
+    @property
+    def docs_on(self) -> bool:
+        return self.docs_enabled if self.docs_enabled is not None else self.environment != "prod"
+
+    @property
+    def video_limits(self) -> VideoLimits:
+        return VideoLimits(
+            max_pixels=self.max_video_pixels,
+            max_fps=self.max_video_fps,
+            max_frames=self.max_video_frames,
+        )
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     def priority_cap(self, owner: str) -> str:
         """The highest priority the key whose owner id is `owner` may use (`jobs.owner_id`)."""
@@ -93,3 +151,8 @@ class Settings(CommonSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+
+def hash_key(key: str) -> str:
+    """The SHA-256 hex digest of an API key, as stored after `sha256:` in a key file."""
+    return hashlib.sha256(key.encode()).hexdigest()

@@ -1,5 +1,8 @@
 """Streaming multipart upload: the `video` part goes straight to storage, counted and hashed as it flows.
 
+The file is stored under a neutral name (`inputs/{job_id}.upload`): the client's filename never reaches
+a path, and its extension never chooses how the file is read (the probe reads the magic bytes).
+
 Starlette's own form parsing spools the whole file before the handler runs and cannot stop a client at
 the size limit; this parser sees each chunk as it arrives, so an upload over the limit is cut off at
 the limit (413) and a large file never sits in memory. Disk writes leave the event loop in ~1 MB blocks.
@@ -8,7 +11,6 @@ the limit (413) and a large file never sits in memory. Disk writes leave the eve
 from __future__ import annotations
 
 import hashlib
-import re
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -26,8 +28,11 @@ MAX_FIELD_BYTES = 1024
 FLUSH_BYTES = 1 << 20
 # Form fields and part headers ride along with the file; allow for them in the Content-Length check.
 FORM_OVERHEAD = 64 * 1024
-
-_SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
+# One part's headers together, and one header line (python-multipart's own bound): a 200 MB header
+# line is cut off at the limit, and a 1,000-character filename fits.
+MAX_PART_HEADER_BYTES = 16 * 1024
+MAX_PART_HEADER_LINE = 4096 + 128
+UPLOAD_SUFFIX = ".upload"
 
 
 @dataclass
@@ -62,15 +67,8 @@ class _Sink:
         self.f.write(data)
 
 
-def _suffix(filename: str | None) -> str:
-    if not filename or "." not in filename:
-        return ".bin"
-    s = "." + filename.rsplit(".", 1)[1].lower()
-    return s if _SUFFIX.match(s) else ".bin"
-
-
 async def receive_upload(request: Request, storage: Storage, job_id: str, max_bytes: int) -> Upload:
-    """Parse the multipart body; the video lands at storage key `inputs/{job_id}{suffix}`.
+    """Parse the multipart body; the video lands at storage key `inputs/{job_id}.upload`.
 
     Raises NotMultipart (415), UploadTooLarge (413) or BadRequest (422); nothing is left in storage then.
     """
@@ -99,11 +97,18 @@ async def receive_upload(request: Request, storage: Storage, job_id: str, max_by
         state["name"] = None
         state["file"] = False
 
+    def bound_headers() -> None:
+        size = len(header_field) + len(header_value) + sum(len(k) + len(v) for k, v in headers.items())
+        if size > MAX_PART_HEADER_BYTES or len(headers) > MAX_FIELDS:
+            raise BadRequest(f"a form part's headers are longer than {MAX_PART_HEADER_BYTES} bytes")
+
     def on_header_field(data: bytes, start: int, end: int) -> None:
         header_field.extend(data[start:end])
+        bound_headers()
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
         header_value.extend(data[start:end])
+        bound_headers()
 
     def on_header_end() -> None:
         headers[bytes(header_field).lower()] = bytes(header_value)
@@ -119,9 +124,15 @@ async def receive_upload(request: Request, storage: Storage, job_id: str, max_by
                 raise BadRequest("send exactly one `video` file part")
             filename = disp.get(b"filename")
             up.filename = filename.decode("utf-8", "replace") if filename is not None else None
-            up.key = input_key(job_id, _suffix(up.filename))
+            up.key = input_key(job_id, UPLOAD_SUFFIX)
             sink.append(_Sink(stack.enter_context(storage.writer(up.key)), max_bytes))
             state["file"] = True
+        elif b"filename" in disp:
+            # A file under another name (`file`, `upload`, ...): say what is missing, not what it is.
+            raise BadRequest(
+                f"the `{FILE_FIELD}` file part is missing: the form has a file under {name[:64]!r}; "
+                f"send the video as the `{FILE_FIELD}` field"
+            )
         elif len(up.fields) >= MAX_FIELDS:
             raise BadRequest(f"too many form fields (at most {MAX_FIELDS})")
 
@@ -151,6 +162,8 @@ async def receive_upload(request: Request, storage: Storage, job_id: str, max_by
             "on_part_data": on_part_data,
             "on_part_end": on_part_end,
         },
+        max_header_count=MAX_FIELDS,
+        max_header_size=MAX_PART_HEADER_LINE,
     )
     with stack:
         try:
@@ -166,6 +179,11 @@ async def receive_upload(request: Request, storage: Storage, job_id: str, max_by
         ) as exc:  # writing the upload (disk full, I/O error): the service's fault, not the client's
             raise StorageUnavailable(f"storage is not writable: {exc}") from exc
         except Exception as exc:  # the parser's own errors: a malformed body is the client's fault
+            if "header" in str(exc).lower():
+                raise BadRequest(
+                    f"a form part's headers are longer than {MAX_PART_HEADER_LINE} bytes per line "
+                    f"(a filename of at most about 4,000 characters fits): {exc}"
+                ) from exc
             raise BadRequest(f"malformed multipart body: {exc}") from exc
         if not sink:
             raise BadRequest("the form has no `video` file part")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -270,14 +269,15 @@ class AsyncClient:
                     if r.status_code >= 400:
                         await r.aread()
                         raise from_response(r)
-                    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+                    # Opened like any new file (the umask applies), under a name of its own.
+                    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.part"
                     try:
-                        with os.fdopen(fd, "wb") as out:
+                        with open(tmp, "xb") as out:
                             async for chunk in r.aiter_bytes():
                                 out.write(chunk)
                         os.replace(tmp, dest)
                     except BaseException:
-                        Path(tmp).unlink(missing_ok=True)
+                        tmp.unlink(missing_ok=True)
                         raise
                     return dest
             except httpx.TransportError as exc:

@@ -230,7 +230,8 @@ class EventParser:
 
 
 def apply_event(job: Job, event: ServerEvent) -> Job:
-    """The job as an event leaves it. A data object with the job's fields is taken whole; one with only
+    """The job as an event leaves it. A data object with the job's fields (or with them under `job`) is
+    taken whole; one with only
     `status` and/or progress (`step`, `total`) updates those; anything else changes nothing."""
     try:
         data = json.loads(event.data) if event.data else None
@@ -238,9 +239,12 @@ def apply_event(job: Job, event: ServerEvent) -> Job:
         return job
     if not isinstance(data, dict):
         return job
-    if data.get("id") == job.id and "created_at" in data and "urls" in data:
+    # The whole job: the event's data itself, or under `job` (the service's terminal status event).
+    nested_job = data.get("job")
+    whole: dict[str, Any] = nested_job if isinstance(nested_job, dict) else data
+    if whole.get("id") == job.id and "created_at" in whole and "urls" in whole:
         try:
-            return decode(Job, data)
+            return decode(Job, whole)
         except ValueError:
             return job
     changes: dict[str, Any] = {}

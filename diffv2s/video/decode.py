@@ -9,6 +9,7 @@ earlier frame), and a video of D seconds gives round(D * fps) frames.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,7 +22,11 @@ from diffv2s.config import VideoConfig
 from diffv2s.errors import (
     CorruptVideo,
     EmptyFile,
+    FrameRateTooHigh,
     NoVideoStream,
+    PreparationTimeout,
+    ResolutionTooHigh,
+    TooManyFrames,
     UnsupportedVideo,
     VideoTooLong,
     VideoTooShort,
@@ -30,9 +35,60 @@ from diffv2s.errors import (
 # Frames are downscaled so the longest side is at most this (a 60 s 1080p video would need 9 GB as RGB).
 MAX_SIDE = 640
 
-# ffmpeg demuxer names (a demuxer may list several, e.g. "mov,mp4,m4a,3gp,3g2,mj2") that we accept.
-ACCEPTED_FORMATS = frozenset({"mov", "mp4", "matroska", "webm", "avi"})
 ACCEPTED_HINT = "Send an mp4, mov, mkv, webm or avi file with a video track."
+
+# The demuxer is chosen from the file's first bytes, never from its name and never by ffmpeg's own
+# probing: a playlist (HLS, DASH, concat) or a network format would make ffmpeg open what it names.
+# Values: ffmpeg's demuxer names (the first opens it; all of them name it in the probe).
+_DEMUXERS = {
+    "MP4/MOV container": "mov,mp4,m4a,3gp,3g2,mj2",
+    "Matroska/WebM container": "matroska,webm",
+    "AVI container": "avi",
+}
+# QuickTime files without `ftyp` start with one of these atoms.
+_MOV_ATOMS = {b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}
+# Opening reads at most this much and analyses this long (ffmpeg's defaults: 5 MB, 5 s of frames);
+# `max_pixels` stops the stream-info step from decoding a huge frame; `max_streams` an MKV of 1,000 tracks.
+_OPEN_OPTIONS = {
+    "probesize": str(512 * 1024),
+    "analyzeduration": "500000",
+    "fpsprobesize": "4",
+    "max_streams": "8",
+    "protocol_whitelist": "file",
+    "enable_drefs": "0",
+}
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """Bounds a video must meet before any frame is decoded (pixels, frame rate, frame count) and while
+    it is prepared (frames decoded, wall-clock seconds). The gateway passes its settings; the worker's
+    decode uses these defaults as the last line of defence."""
+
+    max_pixels: int = 4096 * 2304  # 4K UHD and DCI 4K pass; 8K does not
+    max_fps: float = 120.0
+    max_frames: int = 7200  # 60 s at 120 fps
+    prepare_timeout_s: float = 300.0
+
+    def check(self, probe: VideoProbe) -> None:
+        """Raise ResolutionTooHigh / FrameRateTooHigh / TooManyFrames from the header alone."""
+        if probe.width * probe.height > self.max_pixels:
+            raise ResolutionTooHigh(
+                f"The video is {probe.width}x{probe.height} ({probe.width * probe.height / 1e6:.1f} MP); "
+                f"the limit is {self.max_pixels / 1e6:.1f} MP per frame. Send it at 1080p or 4K at most."
+            )
+        if probe.fps > self.max_fps:
+            raise FrameRateTooHigh(
+                f"The video has {probe.fps:g} frames per second; the limit is {self.max_fps:g} fps."
+            )
+        frames = probe.frames or int(probe.duration * probe.fps)
+        if frames > self.max_frames:
+            raise TooManyFrames(
+                f"The video has {frames} frames; the limit is {self.max_frames} frames. Send a shorter clip."
+            )
+
+
+DEFAULT_LIMITS = VideoLimits()
 
 # ISO-BMFF brands of still-image files (they open as "mov,mp4" with one frame).
 _IMAGE_BRANDS = {b"avif": "AVIF", b"avis": "AVIF", b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF"}
@@ -50,6 +106,7 @@ class VideoProbe:
     width: int
     height: int
     codec: str = ""
+    frames: int = 0  # as the header counts them (0: the header does not say)
 
     def check(self, cfg: VideoConfig) -> VideoProbe:
         """Raise the error a header alone can prove: no video track, or longer than `cfg.max_seconds`."""
@@ -110,6 +167,8 @@ def _sniff(head: bytes) -> tuple[str, bool]:
         if brand in _IMAGE_BRANDS:
             return f"{_IMAGE_BRANDS[brand]} image", True
         return "MP4/MOV container", False
+    if head[4:8] in _MOV_ATOMS:
+        return "MP4/MOV container", False
     if head.startswith(b"\x1a\x45\xdf\xa3"):
         return "Matroska/WebM container", False
     if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
@@ -117,8 +176,12 @@ def _sniff(head: bytes) -> tuple[str, bool]:
     return "", False
 
 
-def _open(path: Path) -> tuple[av.container.InputContainer, str]:
-    """Open the container or raise EmptyFile / UnsupportedVideo / CorruptVideo."""
+def _open(path: Path, limits: VideoLimits = DEFAULT_LIMITS) -> tuple[av.container.InputContainer, str]:
+    """Open the container or raise EmptyFile / UnsupportedVideo / CorruptVideo.
+
+    The demuxer comes from the first bytes (mp4/mov, matroska/webm, avi); anything else is refused
+    without ffmpeg opening it.
+    """
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -130,24 +193,21 @@ def _open(path: Path) -> tuple[av.container.InputContainer, str]:
     kind, is_image = _sniff(head)
     if is_image:
         raise UnsupportedVideo(f"The upload is not a video we can read (detected {kind}). {ACCEPTED_HINT}")
+    demuxer = _DEMUXERS.get(kind)
+    if demuxer is None:
+        raise UnsupportedVideo(f"The upload is not a video we can read. {ACCEPTED_HINT}")
+    options = dict(_OPEN_OPTIONS, max_pixels=str(limits.max_pixels))
     try:
-        container = av.open(str(path), mode="r", metadata_errors="ignore")
-    except av.FFmpegError as exc:
-        if kind:
-            # It starts like a video container but ffmpeg cannot parse it: cut off or damaged.
-            raise CorruptVideo(
-                f"The {kind} cannot be read; it looks truncated or damaged ({_reason(exc)}). "
-                "Upload the complete file again, or re-export it from your editor."
-            ) from None
-        raise UnsupportedVideo(f"The upload is not a video we can read. {ACCEPTED_HINT}") from None
-    format_names = set(container.format.name.split(","))
-    if not format_names & ACCEPTED_FORMATS:
-        container.close()
-        detected = kind or f"format {container.format.long_name or container.format.name}"
-        raise UnsupportedVideo(
-            f"The upload is not a video we can read (detected {detected}). {ACCEPTED_HINT}"
+        container = av.open(
+            str(path), mode="r", format=demuxer.split(",")[0], options=options, metadata_errors="ignore"
         )
-    return container, container.format.name
+    except av.FFmpegError as exc:
+        # It starts like a video container but ffmpeg cannot parse it: cut off or damaged.
+        raise CorruptVideo(
+            f"The {kind} cannot be read; it looks truncated or damaged ({_reason(exc)}). "
+            "Upload the complete file again, or re-export it from your editor."
+        ) from None
+    return container, demuxer
 
 
 def _reason(exc: Exception) -> str:
@@ -172,6 +232,12 @@ def _stream_duration(container: av.container.InputContainer, stream: av.VideoStr
 
 
 def _probe_open(container: av.container.InputContainer, format_name: str) -> VideoProbe:
+    if not container.streams:
+        # A container with no track at all: its index is missing or damaged (e.g. a cut-off mp4).
+        raise CorruptVideo(
+            "The video has no readable track; it looks truncated or damaged. "
+            "Upload the complete file again, or re-export it from your editor."
+        )
     stream = _video_stream(container)
     has_audio = len(container.streams.audio) > 0
     if stream is None:
@@ -186,17 +252,18 @@ def _probe_open(container: av.container.InputContainer, format_name: str) -> Vid
         width=int(stream.codec_context.width),
         height=int(stream.codec_context.height),
         codec=stream.codec_context.name,
+        frames=int(stream.frames or 0),
     )
 
 
-def probe_video(path: Path) -> VideoProbe:
-    """Read only the container header.
+def probe_video(path: Path, limits: VideoLimits = DEFAULT_LIMITS) -> VideoProbe:
+    """Read only the container header (no frame of a stream over `limits.max_pixels` is decoded).
 
     Raises EmptyFile, UnsupportedVideo (not a video: random bytes, an image, another format) or
     CorruptVideo (a video container ffmpeg cannot parse). An audio-only file returns has_video=False;
     `VideoProbe.check(cfg)` turns that and an over-long header duration into typed errors.
     """
-    container, format_name = _open(Path(path))
+    container, format_name = _open(Path(path), limits)
     try:
         return _probe_open(container, format_name)
     finally:
@@ -230,12 +297,14 @@ class VideoReader:
     Use `decode_video` for a whole array; this class lets the mouth-ROI stage keep only grayscale frames.
     """
 
-    def __init__(self, path: Path, cfg: VideoConfig) -> None:
+    def __init__(self, path: Path, cfg: VideoConfig, limits: VideoLimits = DEFAULT_LIMITS) -> None:
         self.path = Path(path)
         self.cfg = cfg
-        container, format_name = _open(self.path)
+        self.limits = limits
+        container, format_name = _open(self.path, limits)
         try:
             self.probe = _probe_open(container, format_name).check(cfg)
+            limits.check(self.probe)
         except Exception:
             container.close()
             raise
@@ -247,11 +316,17 @@ class VideoReader:
         self.n_frames = 0
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        """Yield RGB uint8 [H, W, 3] frames at `cfg.fps`. Raises CorruptVideo, VideoTooLong, VideoTooShort."""
-        cfg, container = self.cfg, self._container
+        """Yield RGB uint8 [H, W, 3] frames at `cfg.fps`. Raises CorruptVideo, VideoTooLong, VideoTooShort,
+        TooManyFrames (more source frames than the limit) and PreparationTimeout (the wall clock since the
+        first frame was asked for, including the consumer's time between frames, passed the limit)."""
+        cfg, container, limits = self.cfg, self._container, self.limits
         stream = _video_stream(container)
         assert stream is not None  # checked by probe
         stream.thread_type = "AUTO"
+        # The decoder's own bound: a stream that grows past the limit mid-file fails instead of allocating.
+        stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
+        deadline = time.monotonic() + limits.prepare_timeout_s
+        n_source = 0
         size = _scaled_size(self.probe.width, self.probe.height)
         step = 1.0 / cfg.fps
         default_dur = 1.0 / self.probe.fps if self.probe.fps > 0 else step
@@ -262,6 +337,16 @@ class VideoReader:
         k = 0
         try:
             for frame in container.decode(stream):
+                n_source += 1
+                if n_source > limits.max_frames:
+                    raise TooManyFrames(
+                        f"The video has more than {limits.max_frames} frames; the limit is "
+                        f"{limits.max_frames} frames. Send a shorter clip."
+                    )
+                if time.monotonic() > deadline:
+                    raise PreparationTimeout(
+                        f"Preparing the video took longer than the limit of {limits.prepare_timeout_s:g} s."
+                    )
                 t = _frame_time(frame, prev_t if t0 is not None else 0.0, last_dur, t0)
                 if t0 is None:
                     t0 = t
@@ -332,14 +417,14 @@ def _frame_time(frame: av.VideoFrame, prev_t: float, last_dur: float, t0: float 
     return t0 + prev_t + last_dur
 
 
-def decode_video(path: Path, cfg: VideoConfig) -> DecodedVideo:
+def decode_video(path: Path, cfg: VideoConfig, limits: VideoLimits = DEFAULT_LIMITS) -> DecodedVideo:
     """Decode a whole video, resampled to `cfg.fps` by timestamps.
 
     Returns frames RGB uint8 [T, H, W, 3] with T = round(duration * fps) and the longest side <= 640.
     Raises EmptyFile, UnsupportedVideo, NoVideoStream, CorruptVideo, VideoTooShort, VideoTooLong (the
     last one from the header before anything is decoded when the header knows the duration).
     """
-    reader = VideoReader(Path(path), cfg)
+    reader = VideoReader(Path(path), cfg, limits)
     frames = list(reader)
     return DecodedVideo(
         frames=np.stack(frames),

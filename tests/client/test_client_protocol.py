@@ -112,6 +112,9 @@ def test_event_parser_and_job_updates() -> None:
     # A whole job in an event replaces the state.
     whole = apply_event(job, ServerEvent(data=json.dumps(JOB)))
     assert whole.status is JobStatus.RUNNING
+    ended = JOB | {"status": "succeeded", "urls": {"job": "/j", "audio": "/j/audio"}}
+    final = apply_event(whole, ServerEvent("status", json.dumps({"status": "succeeded", "job": ended})))
+    assert final.status is JobStatus.SUCCEEDED and final.urls.audio == "/j/audio"
 
 
 def test_a_server_without_an_event_stream_is_told_apart_from_a_missing_job() -> None:

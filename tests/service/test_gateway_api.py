@@ -71,7 +71,7 @@ async def test_submit_queues_job_with_upload_in_storage(
     # The upload sits in storage byte for byte, and the broker holds one message for this job id only.
     (stored,) = stored_files(settings, "inputs")
     assert stored.read_bytes() == media["video"].read_bytes()
-    assert stored.name == f"{job_id}.mp4"
+    assert stored.name == f"{job_id}.upload"  # a neutral name, whatever the client sent
     assert stored_files(settings, "tmp") == []
     messages = rdb.lrange(settings.queue_name, 0, -1)
     assert len(messages) == 1

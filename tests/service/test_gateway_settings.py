@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings
+from service.settings import Settings, hash_key
 
 LONG = "k" * 32
 
@@ -18,7 +18,8 @@ def test_keys_from_env_list_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("DIFFV2S_API_KEYS", " env-key-1 , env-key-2,")
     monkeypatch.setenv("DIFFV2S_API_KEYS_FILE", str(keys))
     s = Settings()
-    assert s.api_key_set == {"env-key-1", "env-key-2", "file-key-1", "file-key-2"}
+    # Held as SHA-256 digests only: the settings object keeps no usable key.
+    assert s.api_key_set == {hash_key(k) for k in ("env-key-1", "env-key-2", "file-key-1", "file-key-2")}
 
 
 def test_no_key_is_refused() -> None:
@@ -35,7 +36,7 @@ def test_prod_refuses_short_keys_and_embedded_backends() -> None:
         Settings(environment="prod", api_keys=LONG, broker_url="sqla+sqlite:///var/b.sqlite3")
     assert Settings(environment="prod", api_keys=LONG).environment == "prod"
     # The same short key is fine for local development.
-    assert Settings(api_keys="short").api_key_set == {"short"}
+    assert Settings(api_keys="short").api_key_set == {hash_key("short")}
 
 
 def test_time_limit_must_stay_below_the_visibility_timeout() -> None:

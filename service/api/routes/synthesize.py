@@ -19,7 +19,7 @@ from jobs import TERMINAL, IdempotencyConflict, JobRecord, JobStatus
 from jobs.record import dumps, now
 from service import metrics
 from service.api.routes.events import wait_for_end
-from service.deps import OwnerDep, QueueDep, SettingsDep, StorageDep, StoreDep
+from service.deps import OwnerDep, QueueDep, QuotasDep, SettingsDep, StorageDep, StoreDep
 from service.errors import BrokerUnavailable, IdempotencyKeyReused, QueueFull, error_responses
 from service.queue import BrokerError
 from service.schemas import Job, SynthesisForm, SynthesisFormBase
@@ -94,6 +94,7 @@ async def synthesize(
     store: StoreDep,
     storage: StorageDep,
     queue: QueueDep,
+    quotas: QuotasDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -112,20 +113,26 @@ async def synthesize(
         ),
     ] = None,
 ) -> JSONResponse:
-    # Admission control before reading the body: a full queue costs the client no upload.
+    # Admission control before reading the body: a full queue or a key over its quota costs no upload.
     if await run_in_threadpool(store.queued_count) >= settings.queue_max_depth:
         raise QueueFull(f"{settings.queue_max_depth} jobs are waiting; retry later")
+    await run_in_threadpool(quotas.check_in_flight, store, owner, settings.retry_after_s)
+    await run_in_threadpool(quotas.hit_submission, owner)
 
     job_id = str(uuid.uuid4())
-    upload = await receive_upload(request, storage, job_id, settings.max_upload_bytes)
+    with quotas.upload_slot(owner, settings.retry_after_s):
+        upload = await receive_upload(request, storage, job_id, settings.max_upload_bytes)
     assert upload.key is not None
     key = upload.key
     try:
         form = _form(upload.fields)
         params = form.params()
-        # Headers only (milliseconds): a non-video never reaches the queue.
-        probe = await run_in_threadpool(probe_video, storage.local_path(key))
+        # Headers only (milliseconds; no frame over the pixel limit is decoded): a non-video, or a video
+        # over the pixel, frame-rate or frame-count limits, never reaches the queue.
+        limits = settings.video_limits
+        probe = await run_in_threadpool(probe_video, storage.local_path(key), limits)
         probe.check(VideoConfig(max_seconds=settings.max_video_seconds))
+        limits.check(probe)
         if 0 < probe.duration < settings.min_video_seconds:
             raise VideoTooShort(
                 f"The video is {probe.duration:.2f} s long; at least {settings.min_video_seconds:g} s is needed."
