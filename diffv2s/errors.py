@@ -96,3 +96,10 @@ class PreparationTimeout(VideoOverLimit):
     """Decoding and face tracking took longer than the wall-clock limit on preparation."""
 
     code = "preparation_timeout"
+
+
+class MuxFailed(DiffV2SError):
+    """The speech was made but the mp4 with it could not be written (an encoder, container or disk error).
+    Not the client's input error: the item fails alone, its batch goes on."""
+
+    code = "mux_failed"

@@ -1,12 +1,14 @@
 """Put the synthesized speech back on the video: an mp4 with the original picture and a new AAC track.
 
 H.264 video is copied packet by packet (no quality loss, no encode time); anything else is re-encoded
-with libx264 so the mp4 plays everywhere. The audio is cut or zero-padded to the video's duration, so
+with libx264 so the mp4 plays everywhere; H.264 in 4:2:0 needs even dimensions, so an odd width or height
+gets one edge-replicated column or row. The audio is cut or zero-padded to the video's duration, so
 players do not show a frozen last frame or cut the speech short. Any audio track of the input is dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Iterator
 from fractions import Fraction
@@ -15,7 +17,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from diffv2s.errors import CorruptVideo, NoVideoStream
+from diffv2s.errors import CorruptVideo, DiffV2SError, MuxFailed, NoVideoStream
 
 AAC_FRAME = 1024  # samples per AAC frame
 AAC_BITRATE = 128_000
@@ -48,9 +50,24 @@ def mux_audio(video: Path, waveform: np.ndarray, sample_rate: int, out: Path) ->
 
     waveform: float32 [n_samples] in [-1, 1] at `sample_rate`; cut or zero-padded to the video duration.
     The file is interleaved and has its index first ("faststart"), so a browser can play it while it
-    downloads. Returns `out`. Raises NoVideoStream / CorruptVideo when `video` has no readable video track.
+    downloads. Returns `out`. Raises NoVideoStream / CorruptVideo when `video` has no readable video track
+    and MuxFailed for any other failure (an encoder or container error, an unwritable `out`): every error
+    is typed, so a caller muxing a batch fails that one item and keeps the others.
     """
     video, out = Path(video), Path(out)
+    try:
+        return _mux(video, waveform, sample_rate, out)
+    except DiffV2SError:
+        raise
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            out.with_name(out.name + ".part").unlink(missing_ok=True)
+        raise MuxFailed(
+            f"The video with the new speech could not be written ({type(exc).__name__}: {exc})."
+        ) from exc
+
+
+def _mux(video: Path, waveform: np.ndarray, sample_rate: int, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         src = av.open(str(video))
@@ -127,12 +144,14 @@ def _encode_video(
             # A display rotation (phone videos) is not carried by re-encoding: turn the pixels instead.
             # The size can still change here: the encoder opens on its first frame.
             turns = int(round(getattr(frame, "rotation", 0) or 0)) % 360 // 90
-            if turns % 2:
-                vout.width, vout.height = vout.height, vout.width
+            width, height = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
+            vout.width, vout.height = width + width % 2, height + height % 2
         pts = frame.pts
-        if turns:
-            rgb: np.ndarray = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), k=turns))
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        if turns or frame.width % 2 or frame.height % 2:
+            rgb: np.ndarray = np.rot90(frame.to_ndarray(format="rgb24"), k=turns)
+            # Odd sizes: repeat the last row / column (libx264 in yuv420p refuses odd dimensions).
+            rgb = np.pad(rgb, ((0, rgb.shape[0] % 2), (0, rgb.shape[1] % 2), (0, 0)), mode="edge")
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             frame.time_base = vin.time_base
         if pts is not None:
             first_pts = pts if first_pts is None else first_pts

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from diffv2s.config import VideoConfig
-from diffv2s.errors import NoVideoStream
+from diffv2s.errors import MuxFailed, NoVideoStream
 from diffv2s.video.decode import decode_video
 from diffv2s.video.mux import mux_audio
 from tests.fixtures.videos import (
@@ -18,6 +18,7 @@ from tests.fixtures.videos import (
     rotate_mp4_display,
     transcode,
     write_audio_only_mp4,
+    write_video,
 )
 
 SR = 22050
@@ -101,3 +102,33 @@ def test_mux_needs_a_video_track(tmp_path: Path) -> None:
     audio_only = write_audio_only_mp4(tmp_path / "a.mp4")
     with pytest.raises(NoVideoStream):
         mux_audio(audio_only, _sine(1.0), SR, tmp_path / "out.mp4")
+
+
+@pytest.mark.parametrize("size", [(175, 143), (176, 143), (175, 144)])
+def test_mux_pads_odd_dimensions_for_h264(tmp_path: Path, size: tuple[int, int]) -> None:
+    # libx264 in 4:2:0 refuses an odd width or height: the last column / row is repeated instead.
+    w, h = size
+    frames = [f[:h, :w] for f in read_rgb_frames(carphone_path())[:25]]
+    odd = write_video(tmp_path / "odd.avi", frames, fps=25.0, codec="mpeg4")
+    out = mux_audio(odd, _sine(1.0), SR, tmp_path / "dubbed.mp4")
+    _, codecs, _, n_video = _streams(out)
+    assert codecs == {"video": "h264", "audio": "aac"} and n_video == 25
+    after = read_rgb_frames(out)
+    assert after[0].shape == (h + h % 2, w + w % 2, 3)
+    before = read_rgb_frames(odd)
+    picture = np.stack([a[:h, :w] for a in after]).astype(np.int16)
+    assert np.abs(picture - np.stack(before)).mean() < 4
+    # The padding repeats the edge pixels.
+    last = after[10][:h, :w].astype(np.int16)
+    assert np.abs(after[10][h + h % 2 - 1, :w].astype(np.int16) - last[h - 1]).mean() < 6
+    assert np.abs(after[10][:h, w + w % 2 - 1].astype(np.int16) - last[:, w - 1]).mean() < 6
+
+
+def test_mux_failure_is_a_typed_error_and_leaves_no_part_file(tmp_path: Path) -> None:
+    # An output folder that cannot be made (its parent is a file): a typed error, nothing half-written.
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"x")
+    with pytest.raises(MuxFailed) as info:
+        mux_audio(carphone_path(), _sine(1.0), SR, blocker / "dubbed.mp4")
+    assert info.value.code == "mux_failed" and "could not be written" in info.value.message
+    assert list(tmp_path.iterdir()) == [blocker]
