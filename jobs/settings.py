@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,21 @@ class CommonSettings(BaseSettings):
     # Namespace of every Redis key the job store writes (lets several deployments share one Redis).
     store_prefix: str = "diffv2s"
     storage_dir: Path = Path("var/storage")
+    # Blob storage: empty = the directory storage_dir (shared by every process); s3://bucket/prefix = an
+    # S3-compatible bucket (AWS S3, MinIO, Ceph; `s3` extra), and storage_dir is then this process's own
+    # scratch space, shared with nobody. Endpoint, region and credentials default to boto3's standard
+    # sources (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, IRSA).
+    storage_url: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    # MinIO and Ceph usually want path-style addressing (http://host:9000/bucket/key).
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    # Uploads and results go up in parts of this size (S3's floor is 5 MiB); one part is in memory.
+    s3_part_bytes: int = Field(default=8 * 2**20, ge=5 * 2**20, le=512 * 2**20)
+    # Downloads: 0 = the gateway streams the object; > 0 = a 307 to a presigned URL valid this long.
+    storage_presign_ttl_s: int = Field(default=0, ge=0, le=7 * 24 * 3600)
     queue_name: str = "diffv2s"
     # Results (and their job records' urls) expire this long after the job finished.
     result_ttl_s: int = Field(default=24 * 3600, ge=1)
@@ -39,6 +54,10 @@ class CommonSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_common(self) -> CommonSettings:
+        if self.storage_url and not (
+            self.storage_url.startswith("s3://") and self.storage_url[5:].split("/", 1)[0]
+        ):
+            raise ValueError("DIFFV2S_STORAGE_URL must be empty (local storage) or s3://bucket[/prefix]")
         if self.task_time_limit_s >= self.visibility_timeout_s:
             raise ValueError(
                 "DIFFV2S_TASK_TIME_LIMIT_S must be below DIFFV2S_VISIBILITY_TIMEOUT_S, or Redis would "

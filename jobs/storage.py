@@ -3,8 +3,9 @@
 Videos and WAVs never travel through Redis: the gateway writes the upload here and queues the job id.
 Keys are relative paths (`inputs/{job_id}.mp4`, `results/{job_id}.wav`). Every write goes to a
 temporary name and is renamed into place, so a reader (or a redelivered task) never sees half a file.
-`LocalStorage` is a directory (a shared volume in docker-compose); an S3-compatible backend implements
-the same interface.
+`LocalStorage` is a directory (a shared volume in docker-compose); `jobs.s3_storage.S3Storage` keeps the
+same keys in an S3-compatible bucket (AWS S3, MinIO, Ceph), so gateway and workers share no disk.
+`open_storage` picks the backend from `DIFFV2S_STORAGE_URL`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ import shutil
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
+
+if TYPE_CHECKING:
+    from jobs.settings import CommonSettings
+
+T = TypeVar("T")
 
 
 class StorageUnavailable(Exception):
@@ -49,7 +55,32 @@ class Storage(ABC):
 
     @abstractmethod
     def local_path(self, key: str) -> Path:
-        """A local file holding `key` (the file itself for local storage)."""
+        """A local file holding `key` (the file itself for local storage; for remote storage a copy in
+        this process's scratch, removed by `delete(key)` or by `sweep_scratch`)."""
+
+    def on_local_copy(self, key: str, fn: Callable[..., T], *args: object) -> T:
+        """`fn(path, *args)` with a local file holding `key`; a remote object's copy is removed after."""
+        return fn(self.local_path(key), *args)
+
+    def direct_path(self, key: str) -> Path | None:
+        """The file itself when the storage is a local directory (served as it is), else None."""
+        return None
+
+    def iter_bytes(self, key: str, chunk: int = 1 << 20) -> tuple[int, Iterator[bytes]]:
+        """The size of `key` and its bytes in chunks (a download streamed through the gateway)."""
+        path = self.local_path(key)
+        size = path.stat().st_size
+
+        def chunks() -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                while data := f.read(chunk):
+                    yield data
+
+        return size, chunks()
+
+    def presigned_url(self, key: str, filename: str, media_type: str) -> str | None:
+        """A short-lived URL the client downloads `key` from directly, or None (the gateway sends it)."""
+        return None
 
     @abstractmethod
     def scratch_path(self, suffix: str = "") -> Path:
@@ -124,6 +155,9 @@ class LocalStorage(Storage):
     def local_path(self, key: str) -> Path:
         return self._path(key)
 
+    def direct_path(self, key: str) -> Path | None:
+        return self._path(key)
+
     def scratch_path(self, suffix: str = "") -> Path:
         return self.root / "tmp" / f"{uuid.uuid4().hex}{suffix}"
 
@@ -154,5 +188,12 @@ class LocalStorage(Storage):
         return n
 
 
-def open_storage(root: Path) -> Storage:
-    return LocalStorage(root)
+def open_storage(config: CommonSettings | Path) -> Storage:
+    """Local storage under a directory, or the backend `DIFFV2S_STORAGE_URL` names (`s3://bucket/prefix`)."""
+    if isinstance(config, Path):
+        return LocalStorage(config)
+    if config.storage_url.startswith("s3://"):
+        from jobs.s3_storage import S3Storage  # boto3 comes with the `s3` extra only
+
+        return S3Storage.from_settings(config)
+    return LocalStorage(config.storage_dir)

@@ -36,7 +36,7 @@ Every error is `{"error": {"code", "message"}}`. Authenticate with `Authorizatio
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     store = open_store(settings.store_url, settings.store_prefix, settings.record_ttl_s)
-    storage = open_storage(settings.storage_dir)
+    storage = open_storage(settings)
     queue = JobQueue(settings)
 
     @asynccontextmanager

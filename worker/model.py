@@ -37,7 +37,7 @@ class ModelRuntime:
     ) -> None:
         self.settings = settings
         self.store = store or open_store(settings.store_url, settings.store_prefix, settings.record_ttl_s)
-        self.storage = storage or open_storage(settings.storage_dir)
+        self.storage = storage or open_storage(settings)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.synth: Any = None
         self.info: dict[str, Any] = {}

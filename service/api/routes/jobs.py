@@ -6,11 +6,12 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
 from diffv2s.errors import InvalidParameter
 from jobs import JobRecord, JobStatus, JobStore, lifecycle
 from jobs.record import decode_cursor
+from jobs.storage import Storage
 from service.deps import OwnerDep, StorageDep, StoreDep
 from service.errors import (
     JobNotCancelable,
@@ -80,6 +81,20 @@ def _result(job: JobRecord, storage: StorageDep, key: str | None) -> str:
     return key
 
 
+def _send(storage: Storage, key: str, media_type: str, filename: str) -> Response:
+    """Local storage: the file itself. Object storage: a 307 to a short-lived presigned URL when
+    DIFFV2S_STORAGE_PRESIGN_TTL_S is set, else the object streamed through the gateway."""
+    url = storage.presigned_url(key, filename, media_type)
+    if url is not None:
+        return RedirectResponse(url, status_code=307)
+    path = storage.direct_path(key)
+    if path is not None:
+        return FileResponse(path, media_type=media_type, filename=filename)
+    size, chunks = storage.iter_bytes(key)
+    headers = {"Content-Length": str(size), "Content-Disposition": f'attachment; filename="{filename}"'}
+    return StreamingResponse(chunks, media_type=media_type, headers=headers)
+
+
 @router.get(
     "/{job_id}/audio",
     response_class=FileResponse,
@@ -89,10 +104,10 @@ def _result(job: JobRecord, storage: StorageDep, key: str | None) -> str:
     },
     summary="Download the speech (WAV)",
 )
-def get_audio(job_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep) -> FileResponse:
+def get_audio(job_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep) -> Response:
     job = _own_job(store, owner, job_id)
     key = _result(job, storage, job.audio_key)
-    return FileResponse(storage.local_path(key), media_type="audio/wav", filename=f"{job.id}.wav")
+    return _send(storage, key, "audio/wav", f"{job.id}.wav")
 
 
 @router.get(
@@ -104,12 +119,12 @@ def get_audio(job_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep
     },
     summary="Download the video with its new soundtrack (when output=mp4)",
 )
-def get_video(job_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep) -> FileResponse:
+def get_video(job_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep) -> Response:
     job = _own_job(store, owner, job_id)
     if job.output != "mp4":
         raise NoVideoRequested("this job was submitted with output=wav; only /audio exists")
     key = _result(job, storage, job.video_key)
-    return FileResponse(storage.local_path(key), media_type="video/mp4", filename=f"{job.id}.mp4")
+    return _send(storage, key, "video/mp4", f"{job.id}.mp4")
 
 
 @router.post(

@@ -130,7 +130,7 @@ async def synthesize(
         # Headers only (milliseconds; no frame over the pixel limit is decoded): a non-video, or a video
         # over the pixel, frame-rate or frame-count limits, never reaches the queue.
         limits = settings.video_limits
-        probe = await run_in_threadpool(probe_video, storage.local_path(key), limits)
+        probe = await run_in_threadpool(storage.on_local_copy, key, probe_video, limits)
         probe.check(VideoConfig(max_seconds=settings.max_video_seconds))
         limits.check(probe)
         if 0 < probe.duration < settings.min_video_seconds:
