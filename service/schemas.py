@@ -79,6 +79,17 @@ class SynthesisFormBase(BaseModel):
         description="Seconds from now: a job no worker started by then fails with `deadline_exceeded` "
         "and never runs.",
     )
+    webhook: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="URL POSTed (signed per Standard Webhooks) on the events in `webhook_events`. Private, "
+        "loopback and link-local targets are refused unless the server allows them.",
+    )
+    webhook_events: str | None = Field(
+        default=None,
+        max_length=100,
+        description="Comma-separated: `start`, `progress`, `completed` (default `completed`).",
+    )
 
     def params(self) -> SynthesisParams:
         return SynthesisParams.from_dict(self.model_dump(include=set(_PARAM_FIELDS))).validate()
@@ -119,6 +130,17 @@ class JobUrls(BaseModel):
     video: str | None = Field(default=None, description="MP4 with the new soundtrack, when output=mp4.")
 
 
+class WebhookState(BaseModel):
+    events: list[str] = Field(description="The events the job sends to its webhook.")
+    attempts: int = Field(default=0, description="POSTs made so far, retries included.")
+    last_status: int | str | None = Field(
+        default=None,
+        description="HTTP status of the last attempt, or `timeout`, `connection_error`, `refused_target`.",
+    )
+    delivered: int = Field(default=0, description="Events the receiver accepted (2xx).")
+    failed: int = Field(default=0, description="Events given up after the retry window.")
+
+
 class Job(BaseModel):
     id: str
     status: JobStatus
@@ -144,6 +166,7 @@ class Job(BaseModel):
         default=None, description="A job not started by then fails with `deadline_exceeded`."
     )
     error: ErrorBody | None = None
+    webhook: WebhookState | None = Field(default=None, description="Webhook delivery, when one was asked.")
     urls: JobUrls
 
     @classmethod
@@ -175,6 +198,7 @@ class Job(BaseModel):
             priority=job.priority,  # type: ignore[arg-type]
             deadline_at=_dt(job.deadline_at),
             error=ErrorBody(**job.error) if job.error else None,
+            webhook=_webhook_state(job),
             urls=urls,
         )
 
@@ -204,3 +228,10 @@ class NotReadyResponse(BaseModel):
 
 def _dt(t: float | None) -> datetime | None:
     return None if t is None else datetime.fromtimestamp(t, tz=UTC)
+
+
+def _webhook_state(job: JobRecord) -> WebhookState | None:
+    if not job.webhook_url:
+        return None
+    known = {k: v for k, v in (job.webhook or {}).items() if k in WebhookState.model_fields}
+    return WebhookState(**(known | {"events": job.webhook_events or []}))

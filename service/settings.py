@@ -18,6 +18,7 @@ from pydantic import AliasChoices, Field, model_validator
 from diffv2s.video.decode import DEFAULT_LIMITS, VideoLimits
 from jobs.record import owner_id
 from jobs.settings import CommonSettings
+from jobs.webhooks import WebhookSettings
 
 # Keys shorter than this are refused outside dev: they can be guessed.
 MIN_PROD_KEY_LENGTH = 24
@@ -151,6 +152,24 @@ class Settings(CommonSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    # --- Webhooks (issue 18); the workers read the same variables (`jobs.webhooks.WebhookSettings`). ---
+    # The signing secret of every key without its own, and per key: a JSON object of API key (or
+    # `sha256:<hex digest of the key>`) -> secret. A key with no secret cannot ask for webhooks.
+    webhook_secret: str = ""
+    webhook_secrets: dict[str, str] = Field(default_factory=dict)
+    # Comma-separated networks a webhook target may resolve into although private, loopback or
+    # link-local (e.g. "127.0.0.0/8,::1/128").
+    webhook_allow_networks: str = ""
+
+    @cached_property
+    def webhooks(self) -> WebhookSettings:
+        return WebhookSettings(
+            broker_url=self.broker_url,
+            webhook_secret=self.webhook_secret,
+            webhook_secrets=self.webhook_secrets,
+            webhook_allow_networks=self.webhook_allow_networks,
+        )
 
 
 def hash_key(key: str) -> str:

@@ -91,12 +91,34 @@ def _ready(**_: Any) -> None:
     from worker.model import get_runtime
 
     get_runtime(settings).start_heartbeat()
+    _start_webhooks()
     log.info("diffv2s worker ready")
+
+
+_webhooks: Any = None
+
+
+def _start_webhooks() -> None:
+    """Webhook delivery (`worker.webhooks`): its own queue and threads, never a task or model thread."""
+    global _webhooks
+    from jobs.webhooks import WebhookSettings
+    from worker.webhooks import WebhookSender
+
+    _webhooks = WebhookSender(
+        WebhookSettings(broker_url=settings.broker_url),
+        settings.store_url,
+        settings.store_prefix,
+        settings.record_ttl_s,
+    )
+    _webhooks.start()
 
 
 @signals.worker_shutting_down.connect
 def _shutting_down(**_: Any) -> None:
     from worker import model
+
+    if _webhooks is not None:
+        _webhooks.stop()
 
     if model._runtime is not None:
         model._runtime.begin_shutdown()

@@ -17,6 +17,7 @@ from diffv2s.errors import InvalidParameter, VideoTooShort
 from diffv2s.video.decode import probe_video
 from jobs import TERMINAL, IdempotencyConflict, JobRecord, JobStatus
 from jobs.record import dumps, now
+from jobs.webhooks import WebhookRefused, check_target, parse_events, publish_follow
 from service import metrics
 from service.api.routes.events import wait_for_end
 from service.deps import OwnerDep, QueueDep, QuotasDep, SettingsDep, StorageDep, StoreDep
@@ -127,6 +128,7 @@ async def synthesize(
     try:
         form = _form(upload.fields)
         params = form.params()
+        webhook_url, webhook_events = await _webhook(form, owner, settings)
         # Headers only (milliseconds; no frame over the pixel limit is decoded): a non-video, or a video
         # over the pixel, frame-rate or frame-count limits, never reaches the queue.
         limits = settings.video_limits
@@ -153,6 +155,8 @@ async def synthesize(
             video_seconds=round(probe.duration, 4),
             priority=_capped(form.priority, settings.priority_cap(owner)),
             deadline_at=_deadline(form.deadline_s, settings.max_deadline_s),
+            webhook_url=webhook_url,
+            webhook_events=webhook_events,
         )
         job, created = await run_in_threadpool(store.create, record, settings.result_ttl_s)
     except IdempotencyConflict as exc:
@@ -171,6 +175,8 @@ async def synthesize(
         return await _answer(settings, store, job, headers, prefer)
 
     try:
+        if job.webhook_url:  # before the job's own message: no event can happen unfollowed
+            await run_in_threadpool(publish_follow, settings.webhooks, job.id)
         await run_in_threadpool(queue.enqueue, job.id, job.priority)
     except BrokerError as exc:
         await run_in_threadpool(store.delete, job.id)
@@ -193,6 +199,25 @@ def _deadline(deadline_s: float | None, max_deadline_s: float) -> float | None:
     if deadline_s > max_deadline_s:
         raise InvalidParameter(f"deadline_s: at most {max_deadline_s:g} seconds")
     return now() + deadline_s
+
+
+async def _webhook(
+    form: SynthesisFormBase, owner: str, settings: SettingsDep
+) -> tuple[str | None, list[str] | None]:
+    """The webhook target (resolved and checked against the address policy) and its events."""
+    if not form.webhook:
+        if form.webhook_events:
+            raise InvalidParameter("webhook_events: needs a webhook URL")
+        return None, None
+    hooks = settings.webhooks
+    try:
+        events = parse_events(form.webhook_events)
+        if hooks.secret_for(owner) is None:
+            raise WebhookRefused("webhook: no webhook secret is configured for this API key")
+        await run_in_threadpool(check_target, form.webhook, hooks.allow_networks)
+    except WebhookRefused as exc:
+        raise InvalidParameter(str(exc)) from exc
+    return form.webhook, events
 
 
 def prefer_wait(prefer: str | None, limit_s: int) -> int | None:
