@@ -1,13 +1,23 @@
 """End-to-end real-time factor of `diffv2s synthesize` on the real carphone clip, by stage.
 
-Run: `.venv/bin/python -m bench.bench_synthesize` (prints a table, writes bench/results/synthesize.json).
-RTF = seconds of processing / seconds of audio (< 1 is faster than real time). One warm-up run first;
-the checkpoint's defaults (sampler, steps, classifier-free guidance scale), the same without guidance
-(CFG > 1 calls the denoiser twice per step), DPM-Solver++ at the default steps, and DDIM 25.
+Run: `.venv/bin/python -m bench.bench_synthesize` (prints two tables, writes bench/results/synthesize.json).
+RTF = seconds of processing / seconds of audio (< 1 is faster than real time). One warm-up run first.
+
+Table 1, the CPU speed levers of issue 21 measured in one run, variants interleaved (each repeat runs
+every variant once, in turn), median of `repeats`, at the checkpoint's defaults:
+
+    before        torch HiFi-GAN, landmarks on every frame, decode then landmarks (the path before issue 21)
+    +ort-vocoder  HiFi-GAN through ONNX Runtime float32 (`vocoder_engine="onnxruntime-cpu"`)
+    +overlap      ... and decoding in a producer thread beside the landmark detector (`overlap_decode`)
+    +stride2      ... and landmarks on every other frame, interpolated between (`landmark_stride=2`)
+    default       what `Synthesizer.load()` gives now
+
+Table 2: the default synthesizer with other samplers (DDIM 4 without CFG, DPM-Solver++, DDIM 25).
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import statistics
@@ -28,11 +38,53 @@ def carphone_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "carphone_pristine.mp4"
 
 
-def run(repeats: int = 3) -> dict:
-    synth = Synthesizer.load()
-    synth.warmup()
+def lever_variants() -> dict[str, Synthesizer]:
+    """The synthesizers of table 1; they share one model (and one ONNX Runtime vocoder)."""
+    before = Synthesizer.load(vocoder_engine="torch", landmark_stride=1, overlap_decode=False)
+    default = Synthesizer.load()
+    ort = Synthesizer.load(vocoder_engine="onnxruntime-cpu", landmark_stride=1, overlap_decode=False)
+    overlap = copy.copy(ort)
+    overlap.overlap_decode = True
+    stride2 = copy.copy(overlap)
+    stride2.landmark_stride = 2
+    return {
+        "before": before,
+        "+ort-vocoder": ort,
+        "+overlap": overlap,
+        "+stride2": stride2,
+        "default": default,
+    }
+
+
+def _row(runs: list) -> dict[str, float]:
+    audio = runs[0].audio_seconds
+    return {
+        "audio_seconds": audio,
+        **{f"{s}_rtf": statistics.median(r.timings[s] for r in runs) / audio for s in STAGES},
+    }
+
+
+def _print(title: str, table: dict[str, dict[str, float]], ref: str | None = None) -> None:
+    print(title)
+    print(f"{'variant':<16}" + "".join(f"{s:>11}" for s in STAGES) + ("   before/this" if ref else ""))
+    for label, row in table.items():
+        ratio = f"{table[ref]['total_rtf'] / row['total_rtf']:>14.2f}" if ref else ""
+        print(f"{label:<16}" + "".join(f"{row[s + '_rtf']:>11.3f}" for s in STAGES) + ratio)
+
+
+def run(repeats: int = 5) -> dict:
     video = carphone_path()
-    table = {}
+    variants = lever_variants()
+    for synth in variants.values():
+        synth.warmup()
+        synth.synthesize_batch([SynthesisRequest(video=video)])
+    runs: dict[str, list] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, synth in variants.items():
+            runs[name].append(synth.synthesize_batch([SynthesisRequest(video=video)])[0])
+    levers = {name: _row(r) for name, r in runs.items()}
+
+    synth = variants["default"]
     d = synth.cfg.diffusion
     default = f"{d.default_sampler}-{d.default_steps}"
     rows = [(f"{default}-cfg{d.default_cfg_scale:g}", SynthesisParams())]
@@ -42,22 +94,31 @@ def run(repeats: int = 3) -> dict:
         (f"dpmpp-{d.default_steps}-cfg1", SynthesisParams(sampler="dpmpp", cfg_scale=1.0)),
         ("ddim-25-cfg1", SynthesisParams(sampler="ddim", steps=25, cfg_scale=1.0)),
     ]
+    samplers = {}
     for label, params in rows:
-        runs = [
-            synth.synthesize_batch([SynthesisRequest(video=video, params=params)])[0] for _ in range(repeats)
-        ]
-        audio = runs[0].audio_seconds
-        table[label] = {
-            "audio_seconds": audio,
-            **{f"{s}_rtf": statistics.median(r.timings[s] for r in runs) / audio for s in STAGES},
-        }
-    print(
-        f"carphone clip, {table[next(iter(table))]['audio_seconds']:.2f} s, torch {torch.get_num_threads()} threads"
+        samplers[label] = _row(
+            [
+                synth.synthesize_batch([SynthesisRequest(video=video, params=params)])[0]
+                for _ in range(max(1, repeats // 2))
+            ]
+        )
+    audio = levers["before"]["audio_seconds"]
+    _print(
+        f"carphone clip, {audio:.2f} s, {torch.get_num_threads()} threads, defaults ({default}), "
+        f"median of {repeats} interleaved repeats",
+        levers,
+        ref="before",
     )
-    print(f"{'sampler':<16}" + "".join(f"{s:>11}" for s in STAGES))
-    for label, row in table.items():
-        print(f"{label:<16}" + "".join(f"{row[s + '_rtf']:>11.3f}" for s in STAGES))
-    out = {"unit": "real-time factor (processing s / audio s)", "rows": table, "engine": synth.info["engine"]}
+    _print(f"default synthesizer ({synth.info['engine_details'].get('vocoder', 'torch')} vocoder)", samplers)
+    out = {
+        "unit": "real-time factor (processing s / audio s)",
+        "levers": levers,
+        "rows": samplers,
+        "engine": synth.info["engine"],
+        "engine_details": synth.info["engine_details"],
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "synthesize.json").write_text(json.dumps(out, indent=2))
     return out

@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from diffv2s.engines.spec import ENGINE_NAMES
+from diffv2s.engines.spec import ENGINE_NAMES, VOCODER_ENGINES
 from diffv2s.errors import DiffV2SError
 from diffv2s.schemas import SAMPLERS
 
@@ -57,6 +57,12 @@ def _add_synthesize(sub: argparse._SubParsersAction) -> None:
         help="inference engine (default: torch; the others run the files in --engine-dir)",
     )
     p.add_argument("--engine-dir", type=Path, default=None, help="folder of exported engines")
+    p.add_argument(
+        "--vocoder-engine",
+        default=None,
+        choices=VOCODER_ENGINES,
+        help="who runs HiFi-GAN (default: onnxruntime-cpu for --engine torch on the CPU, else the engine's own)",
+    )
     p.add_argument("--seed", type=int, default=0)
     add_sampling_arguments(p)
     p.add_argument("--json", action="store_true", help="print timings as JSON")
@@ -85,7 +91,9 @@ def _synthesize(args: argparse.Namespace) -> int:
     from diffv2s.video.decode import probe_video
 
     probe_video(args.video).check(VideoConfig())
-    synth = Synthesizer.load(args.checkpoint, engine=args.engine, engine_dir=args.engine_dir)
+    synth = Synthesizer.load(
+        args.checkpoint, engine=args.engine, engine_dir=args.engine_dir, vocoder_engine=args.vocoder_engine
+    )
     if not synth.info["trained"]:
         print(
             "note: this checkpoint is untrained (deterministic initialisation): the output is not speech yet.",

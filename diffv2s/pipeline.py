@@ -31,6 +31,8 @@ from diffv2s.video.mouth_roi import MouthROI, extract_mouth_roi
 from diffv2s.windows import OVERLAP_FRAMES, WINDOW_FRAMES
 
 STAGES = ("preprocess", "encoder", "speaker", "sampling", "vocoder")
+# Landmarks on every frame (the AV-HuBERT recipe) unless a caller asks for fewer (`extract_mouth_roi`).
+LANDMARK_STRIDE = 1
 
 
 class Synthesizer:
@@ -45,13 +47,18 @@ class Synthesizer:
         device: str = "cpu",
         window_frames: int = WINDOW_FRAMES,
         overlap_frames: int = OVERLAP_FRAMES,
+        landmark_stride: int = LANDMARK_STRIDE,
+        overlap_decode: bool = True,
     ) -> None:
+        """landmark_stride, overlap_decode: how `prepare` finds the mouth (`extract_mouth_roi`)."""
         self.model = model
         self.cfg: ModelConfig = model.cfg
         self.engines = engines
         self.device = torch.device(device)
         self.window_frames = window_frames
         self.overlap_frames = overlap_frames
+        self.landmark_stride = landmark_stride
+        self.overlap_decode = overlap_decode
         self.checkpoint_sha256 = checkpoint.sha256 if checkpoint else ""
         self.checkpoint_meta = checkpoint.meta if checkpoint else {}
 
@@ -63,16 +70,29 @@ class Synthesizer:
         engine: str = "torch",
         device: str = "cpu",
         engine_dir: Path | None = None,
+        vocoder_engine: str | None = None,
+        landmark_stride: int = LANDMARK_STRIDE,
+        overlap_decode: bool = True,
     ) -> Synthesizer:
-        """Load a checkpoint (default: the shipped one) and build the requested engine backend."""
+        """Load a checkpoint (default: the shipped one) and build the requested engine backend.
+
+        vocoder_engine: one of `diffv2s.engines.spec.VOCODER_ENGINES`; None = ONNX Runtime for the torch
+        engine on a CPU, else the engine's own vocoder (`resolve_vocoder_engine`)."""
         from diffv2s.nn.hifigan import make_vocoder
 
         ckpt = load_checkpoint(checkpoint)
         model = load_model(ckpt)
         dev = torch.device(device)
         vocoder = make_vocoder(ckpt.config.vocoder, ckpt.config.audio, device=dev)
-        engines = build_engines(engine, model, vocoder, dev, engine_dir, ckpt)
-        return cls(model, engines, ckpt, device=device)
+        engines = build_engines(engine, model, vocoder, dev, engine_dir, ckpt, vocoder_engine=vocoder_engine)
+        return cls(
+            model,
+            engines,
+            ckpt,
+            device=device,
+            landmark_stride=landmark_stride,
+            overlap_decode=overlap_decode,
+        )
 
     @property
     def info(self) -> dict[str, Any]:
@@ -110,7 +130,12 @@ class Synthesizer:
         request.params.validate()
         if request.output == "mp4" and request.mp4_path is None:
             raise InvalidParameter("output 'mp4' needs an mp4_path to write to")
-        request.prepared = extract_mouth_roi(Path(request.video), self.cfg.video)
+        request.prepared = extract_mouth_roi(
+            Path(request.video),
+            self.cfg.video,
+            landmark_stride=self.landmark_stride,
+            overlap_decode=self.overlap_decode,
+        )
         request.preprocess_seconds = time.perf_counter() - t0
         return request
 

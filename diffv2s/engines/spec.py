@@ -13,6 +13,7 @@ Networks (one exported file each, see `diffv2s.engines.files`):
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,34 @@ INT8_ENGINES = frozenset({"onnxruntime-cpu-int8"})
 TENSORRT_ENGINES = ("tensorrt", "tensorrt-fp32")  # native TensorRT: fp16, fp32
 # "onnxruntime" is CUDA on a CUDA device, else the CPU.
 ENGINE_NAMES = ("torch", "onnxruntime", *ORT_ENGINES, *TENSORRT_ENGINES)
+# Who runs the HiFi-GAN vocoder, whatever the engine: its torch module, or ONNX Runtime on the CPU (the
+# module exported in memory at load, float32). On a 2-core CPU ONNX Runtime runs it 1.3-1.7x faster than
+# torch (bench/bench_synthesize.py) for the same waveform up to ~4e-5; see `resolve_vocoder_engine`.
+VOCODER_ENGINES = ("torch", "onnxruntime-cpu")
+
+
+def resolve_vocoder_engine(
+    vocoder_engine: str | None, engine: str, device_type: str, cfg: ModelConfig
+) -> str:
+    """The vocoder engine a process runs: `vocoder_engine` when given, else "onnxruntime-cpu" for the
+    "torch" engine on a CPU with the HiFi-GAN vocoder and onnxruntime installed, else "engine" (the vocoder of `engine` itself:
+    the exported file of an ONNX Runtime / TensorRT engine, the torch module of the torch engine or of
+    Griffin-Lim). Raises ValueError for a name outside `VOCODER_ENGINES` or a combination that cannot run.
+    """
+    if vocoder_engine is None:
+        cpu_hifigan = engine == "torch" and device_type == "cpu" and cfg.vocoder.kind == "hifigan"
+        if cpu_hifigan and importlib.util.find_spec("onnxruntime") is not None:
+            return "onnxruntime-cpu"
+        return "engine"
+    if vocoder_engine not in VOCODER_ENGINES:
+        raise ValueError(
+            f"unknown vocoder engine {vocoder_engine!r}; choose one of {', '.join(VOCODER_ENGINES)}"
+        )
+    if vocoder_engine == "onnxruntime-cpu" and cfg.vocoder.kind != "hifigan":
+        raise ValueError(f"vocoder engine 'onnxruntime-cpu' runs HiFi-GAN only, not {cfg.vocoder.kind!r}")
+    if vocoder_engine == "onnxruntime-cpu" and device_type != "cpu":
+        raise ValueError(f"vocoder engine 'onnxruntime-cpu' needs the model on the CPU, not {device_type!r}")
+    return vocoder_engine
 
 
 # ---------------------------------------------------------------------------------------------- protocol
