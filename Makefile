@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check
 SETUP_FILES := pyproject.toml Makefile client/pyproject.toml
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench fuzz clean
 
 APT_LISTS := deploy/apt-packages.txt deploy/apt-packages-deploy.txt
 SYSTEM_STAMP := $(VENV)/.system
@@ -52,6 +52,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check --fix diffv2s lab jobs service worker model_export client tests bench
 	$(BIN)/ruff format diffv2s lab jobs service worker model_export client tests bench
+
+# The schemathesis run of `make test`, with many more generated requests per API operation.
+fuzz: $(STAMP)
+	DIFFV2S_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/service/test_gateway_schemathesis.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
