@@ -147,6 +147,10 @@ def base_env(redis_base: str, storage: Path, checkpoint: Path | None) -> dict[st
             "DIFFV2S_STORAGE_DIR": str(storage),
             "DIFFV2S_API_KEYS": f"{KEY_A},{KEY_B}",
             "DIFFV2S_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB),
+            # Twenty concurrent uploads and twenty jobs polled twice a second from one key: the per-key
+            # quotas are not under test here (tests/service tests them).
+            "DIFFV2S_MAX_UPLOADS_IN_FLIGHT_PER_KEY": "64",
+            "DIFFV2S_RATE_LIMIT_REQUESTS": "100000/minute",
             "DIFFV2S_HEARTBEAT_INTERVAL_S": "0.5",
             "DIFFV2S_HEARTBEAT_TTL_S": "3",
             "DIFFV2S_TORCH_THREADS": "1",
