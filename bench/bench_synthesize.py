@@ -8,15 +8,19 @@ every variant once, in turn), median of `repeats`, at the checkpoint's defaults:
 
     before        torch HiFi-GAN, landmarks on every frame, decode then landmarks (the path before issue 21)
     +ort-vocoder  HiFi-GAN through ONNX Runtime float32 (`vocoder_engine="onnxruntime-cpu"`)
-    +overlap      ... and decoding in a producer thread beside the landmark detector (`overlap_decode`)
-    +stride2      ... and landmarks on every other frame, interpolated between (`landmark_stride=2`)
-    default       what `Synthesizer.load()` gives now
+    default       `Synthesizer.load()`: that, and decoding in a producer thread beside the landmark
+                  detector (`overlap_decode`)
+    +stride2      the default with landmarks on every other frame, interpolated between (`landmark_stride=2`;
+                  an option, not the default: see the README)
+    ort-all       with `--engine-dir DIR` (files of `diffv2s export --out DIR`): the engine "onnxruntime-cpu"
+                  (encoder, speaker, denoiser and vocoder in ONNX Runtime) with the default preprocessing
 
 Table 2: the default synthesizer with other samplers (DDIM 4 without CFG, DPM-Solver++, DDIM 25).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import importlib.util
 import json
@@ -38,22 +42,23 @@ def carphone_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "carphone_pristine.mp4"
 
 
-def lever_variants() -> dict[str, Synthesizer]:
-    """The synthesizers of table 1; they share one model (and one ONNX Runtime vocoder)."""
+def lever_variants(engine_dir: Path | None = None) -> dict[str, Synthesizer]:
+    """The synthesizers of table 1 (copies share one model and one ONNX Runtime vocoder)."""
     before = Synthesizer.load(vocoder_engine="torch", landmark_stride=1, overlap_decode=False)
     default = Synthesizer.load()
-    ort = Synthesizer.load(vocoder_engine="onnxruntime-cpu", landmark_stride=1, overlap_decode=False)
-    overlap = copy.copy(ort)
-    overlap.overlap_decode = True
-    stride2 = copy.copy(overlap)
+    ort = copy.copy(default)
+    ort.overlap_decode, ort.landmark_stride = False, 1
+    stride2 = copy.copy(default)
     stride2.landmark_stride = 2
-    return {
-        "before": before,
-        "+ort-vocoder": ort,
-        "+overlap": overlap,
-        "+stride2": stride2,
-        "default": default,
-    }
+    variants = {"before": before, "+ort-vocoder": ort, "default": default, "+stride2": stride2}
+    if engine_dir is not None:
+        variants["ort-all"] = Synthesizer.load(
+            engine="onnxruntime-cpu",
+            engine_dir=engine_dir,
+            landmark_stride=default.landmark_stride,
+            overlap_decode=default.overlap_decode,
+        )
+    return variants
 
 
 def _row(runs: list) -> dict[str, float]:
@@ -72,9 +77,9 @@ def _print(title: str, table: dict[str, dict[str, float]], ref: str | None = Non
         print(f"{label:<16}" + "".join(f"{row[s + '_rtf']:>11.3f}" for s in STAGES) + ratio)
 
 
-def run(repeats: int = 5) -> dict:
+def run(repeats: int = 5, engine_dir: Path | None = None) -> dict:
     video = carphone_path()
-    variants = lever_variants()
+    variants = lever_variants(engine_dir)
     for synth in variants.values():
         synth.warmup()
         synth.synthesize_batch([SynthesisRequest(video=video)])
@@ -125,4 +130,8 @@ def run(repeats: int = 5) -> dict:
 
 
 if __name__ == "__main__":
-    run()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--engine-dir", type=Path, default=None, help="exported files: adds the ort-all row")
+    args = parser.parse_args()
+    run(args.repeats, args.engine_dir)
