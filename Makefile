@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check
 SETUP_FILES := pyproject.toml Makefile client/pyproject.toml requirements/dev.lock requirements/dev-nodeps.lock
 
-.PHONY: setup run test lint bench fuzz lock clean
+.PHONY: setup run test lint bench fuzz soak lock clean
 
 APT_LISTS := deploy/apt-packages.txt deploy/apt-packages-deploy.txt
 SYSTEM_STAMP := $(VENV)/.system
@@ -70,6 +70,11 @@ lock:
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
+
+# Bounded load run (not in `make test`): 200 clients for 120 s against a real gateway and 2 workers on
+# loopback; SOAK_ARGS passes options, e.g. `make soak SOAK_ARGS="--clients 200 --seconds 60"`.
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
