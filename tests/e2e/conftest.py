@@ -174,6 +174,8 @@ class Cluster:
     max_upload_mb: float = MAX_UPLOAD_MB
     # Starts one more worker process (stopped with the cluster); set by launch_cluster.
     spawn_worker: Callable[[], Proc] | None = None
+    # The environment the cluster's gateway runs with (what another gateway on the same Redis needs).
+    gateway_env: dict[str, str] = field(default_factory=dict)
 
     def logs(self) -> str:
         return "\n".join(p.tail() for p in [self.gateway, *self.workers])
@@ -189,6 +191,34 @@ def wait_until(check, timeout: float, what: str, procs: list[Proc]) -> None:  # 
             return
         time.sleep(0.2)
     pytest.fail(f"timed out waiting for {what}\n" + "\n".join(p.tail() for p in procs))
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def extra_gateway(
+    cluster: Cluster, logdir: Path, name: str, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """One more uvicorn gateway on the cluster's Redis (its environment plus `env`); yields its URL."""
+    port = free_port()
+    proc = start(
+        name,
+        [sys.executable, "-m", "uvicorn", "--factory", "service.main:app_from_env", "--port", str(port)],
+        cluster.gateway_env | (env or {}),
+        logdir,
+        port,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: healthy(url), 60, name, [proc])
+        yield url
+    finally:
+        stop(proc)
 
 
 @contextlib.contextmanager
@@ -246,18 +276,11 @@ def launch_cluster(
         spawn_worker()
     store = RedisJobStore(f"{redis_base}/{STORE_DB}")
     url = f"http://127.0.0.1:{port}"
-
-    def gateway_up() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     procs = [gateway, *workers]
     try:
-        wait_until(gateway_up, 60, "the gateway", procs)
+        wait_until(lambda: healthy(url), 60, "the gateway", procs)
         wait_until(lambda: len(store.live_workers()) == n_workers, 180, "the worker heartbeats", procs)
-        yield Cluster(url, gateway, workers, store, storage, spawn_worker=spawn_worker)
+        yield Cluster(url, gateway, workers, store, storage, spawn_worker=spawn_worker, gateway_env=env)
     finally:
         for p in [gateway, *workers]:
             stop(p)
@@ -287,8 +310,9 @@ class ClusterTools:
 
     launch: Callable[..., contextlib.AbstractContextManager[Cluster]]
     wait_until: Callable[..., None]
+    extra_gateway: Callable[..., contextlib.AbstractContextManager[str]]
 
 
 @pytest.fixture(scope="session")
 def cluster_tools() -> ClusterTools:
-    return ClusterTools(launch=launch_cluster, wait_until=wait_until)
+    return ClusterTools(launch=launch_cluster, wait_until=wait_until, extra_gateway=extra_gateway)

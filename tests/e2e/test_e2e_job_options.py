@@ -10,8 +10,6 @@ rather than likely.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,39 +42,8 @@ def second_gateway(
     one_worker: Any, tmp_path_factory: pytest.TempPathFactory, cluster_tools: Any
 ) -> Iterator[str]:
     """Another uvicorn process with the first one's environment: the same Redis, no shared memory."""
-    env = dict(
-        line.split("=", 1)
-        for line in Path(f"/proc/{one_worker.gateway.popen.pid}/environ").read_text().split("\0")
-        if "=" in line
-    )
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("gw2") / "gateway2.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "service.main:app_from_env", "--port", str(port)],
-            cwd=Path(__file__).resolve().parents[2],
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        cluster_tools.wait_until(up, 60, "the second gateway", [])
+    with cluster_tools.extra_gateway(one_worker, tmp_path_factory.mktemp("gw2"), "gateway2") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def _client(c: Any, url: str | None = None) -> httpx.Client:

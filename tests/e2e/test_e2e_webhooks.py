@@ -8,9 +8,6 @@ job still succeeds and a cancel still works while the delivery of it hangs.
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -98,37 +95,10 @@ def hooks(
 @pytest.fixture(scope="module")
 def gateway(hooks: Any, tmp_path_factory: pytest.TempPathFactory, cluster_tools: Any) -> Iterator[str]:
     """A gateway with the webhook settings (the cluster's own gateway has none): the same Redis."""
-    env = dict(
-        line.split("=", 1)
-        for line in Path(f"/proc/{hooks.gateway.popen.pid}/environ").read_text().split("\0")
-        if "=" in line
-    )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("hookgw") / "gateway.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "service.main:app_from_env", "--port", str(port)],
-            cwd=Path(__file__).resolve().parents[2],
-            env=env | HOOK_ENV,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        cluster_tools.wait_until(up, 60, "the webhook gateway", [])
+    with cluster_tools.extra_gateway(
+        hooks, tmp_path_factory.mktemp("hookgw"), "hook-gateway", HOOK_ENV
+    ) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def _client(c: Any, url: str) -> httpx.Client:
