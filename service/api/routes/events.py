@@ -123,6 +123,7 @@ async def _stream(
     response_class=StreamingResponse,
     responses=_EVENTS_DOC,  # type: ignore[arg-type]
     summary="Live status and progress of a job (Server-Sent Events)",
+    operation_id="getJobEvents",
 )
 async def job_events(
     job_id: str,

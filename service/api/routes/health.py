@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health, summary="The gateway process is alive")
+@router.get(
+    "/healthz", response_model=Health, summary="The gateway process is alive", operation_id="getHealthz"
+)
 def healthz() -> Health:
     return Health()
 
@@ -27,6 +29,7 @@ def healthz() -> Health:
     response_model=Readiness,
     responses={503: {"model": NotReadyResponse, "description": "A dependency is down or no worker is live."}},
     summary="Broker, job store and storage reachable, and at least one worker live",
+    operation_id="getReadyz",
 )
 def readyz(store: StoreDep, storage: StorageDep, queue: QueueDep) -> Readiness:
     """A worker counts as live while its heartbeat is fresh, and a worker writes its heartbeat only

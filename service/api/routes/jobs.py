@@ -39,7 +39,11 @@ def _own_job(store: JobStore, owner: str, job_id: str) -> JobRecord:
 
 
 @router.get(
-    "/{job_id}", response_model=Job, responses=error_responses(401, 404, 503), summary="A job's state"
+    "/{job_id}",
+    response_model=Job,
+    responses=error_responses(401, 404, 503),
+    summary="A job's state",
+    operation_id="getJob",
 )
 def get_job(job_id: str, owner: OwnerDep, store: StoreDep) -> Job:
     return Job.from_record(_own_job(store, owner, job_id))
@@ -50,6 +54,7 @@ def get_job(job_id: str, owner: OwnerDep, store: StoreDep) -> Job:
     response_model=JobList,
     responses=error_responses(401, 422, 503),
     summary="The caller's jobs, newest first",
+    operation_id="listJobs",
 )
 def list_jobs(
     owner: OwnerDep,
@@ -103,6 +108,7 @@ def _send(storage: Storage, key: str, media_type: str, filename: str) -> Respons
         **error_responses(401, 404, 409, 410, 503),
     },
     summary="Download the speech (WAV)",
+    operation_id="getJobAudio",
 )
 def get_audio(job_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep) -> Response:
     job = _own_job(store, owner, job_id)
@@ -118,6 +124,7 @@ def get_audio(job_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep
         **error_responses(401, 404, 409, 410, 503),
     },
     summary="Download the video with its new soundtrack (when output=mp4)",
+    operation_id="getJobVideo",
 )
 def get_video(job_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep) -> Response:
     job = _own_job(store, owner, job_id)
@@ -132,6 +139,7 @@ def get_video(job_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep
     response_model=Job,
     responses=error_responses(401, 404, 409, 503),
     summary="Cancel a queued or preparing job (a running job cannot be stopped: 409)",
+    operation_id="cancelJob",
 )
 def cancel_job(job_id: str, owner: OwnerDep, store: StoreDep, storage: StorageDep) -> Job:
     """A queued job is canceled at once. A preparing job (a worker is reading its video) is canceled

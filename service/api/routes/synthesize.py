@@ -28,6 +28,17 @@ from service.upload import FILE_FIELD, receive_upload
 
 router = APIRouter(tags=["synthesis"])
 
+# Containers the gateway opens (mp4/mov, matroska/webm, avi), as part types; octet-stream for clients that
+# do not know the type of a file (the container's header decides).
+VIDEO_MEDIA_TYPES = (
+    "video/mp4",
+    "video/quicktime",
+    "video/x-matroska",
+    "video/webm",
+    "video/x-msvideo",
+    "application/octet-stream",
+)
+
 _FORM_SCHEMA: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -47,10 +58,29 @@ _FORM_SCHEMA: dict[str, Any] = {
                             for name, prop in SynthesisForm.model_json_schema()["properties"].items()
                         },
                     },
-                }
+                },
+                # The part's declared type is not trusted (the gateway reads the container's header and
+                # answers 415 for anything else), but these are the types it accepts.
+                "encoding": {FILE_FIELD: {"contentType": ", ".join(VIDEO_MEDIA_TYPES)}},
             }
         },
     }
+}
+
+# OpenAPI links: what a client (or a stateful fuzzer) can do with the job a submission answers.
+JOB_LINKS: dict[str, Any] = {
+    name: {
+        "operationId": operation,
+        "parameters": {"job_id": "$response.body#/id"},
+        "description": description,
+    }
+    for name, operation, description in (
+        ("GetJob", "getJob", "Poll the job's state."),
+        ("GetJobEvents", "getJobEvents", "Follow the job's status and progress as Server-Sent Events."),
+        ("GetJobAudio", "getJobAudio", "Download the speech once the job succeeded."),
+        ("GetJobVideo", "getJobVideo", "Download the dubbed video (output=mp4) once the job succeeded."),
+        ("CancelJob", "cancelJob", "Cancel the job while it is queued or preparing."),
+    )
 }
 
 
@@ -69,11 +99,13 @@ def _form(fields: dict[str, str]) -> SynthesisFormBase:
     response_model=Job,
     summary="Submit a video; speech is synthesized in the background",
     openapi_extra=_FORM_SCHEMA,
+    operation_id="synthesize",
     responses={
         200: {
             "description": "With `Prefer: wait=N`: the job ended within N seconds (succeeded, failed or "
             "canceled).",
             "headers": {"Preference-Applied": {"schema": {"type": "string"}, "description": "wait=N"}},
+            "links": JOB_LINKS,
         },
         202: {
             "description": "Queued (or the job already created with this Idempotency-Key).",
@@ -84,6 +116,7 @@ def _form(fields: dict[str, str]) -> SynthesisFormBase:
                     "description": "Seconds before the first poll",
                 },
             },
+            "links": JOB_LINKS,
         },
         **error_responses(401, 409, 413, 415, 422, 429, 503),
     },
