@@ -2,7 +2,9 @@
 
 Nothing is shared on disk: an upload streams to the bucket as a multipart upload while it arrives (one
 part in memory at a time; a failed or oversized upload aborts it, so no part is billed or left behind),
-a worker downloads its input into its own scratch directory, and results go up from there.
+a worker downloads its input into its own scratch directory, and results go up from there. The gateway
+keeps a local copy of an upload as it streams (`writer(key, keep_local_copy=True)`) and probes that,
+never downloading back what it has just sent.
 
 Every write is write-once: the object is created with `If-None-Match: *`, so a redelivered task that
 writes the same result again finds it there (412) and keeps the first object instead of making a second.
@@ -17,7 +19,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 from urllib.parse import quote
@@ -50,8 +52,12 @@ class _MultipartWriter(io.RawIOBase):
     """A write-only file whose bytes go to the bucket in parts. Nothing exists under the key until
     `complete()`; `abort()` drops what was sent. Small files (under one part) are one PutObject."""
 
-    def __init__(self, client: Any, bucket: str, key: str, part_bytes: int) -> None:
+    def __init__(
+        self, client: Any, bucket: str, key: str, part_bytes: int, copy: BinaryIO | None = None
+    ) -> None:
         self.client, self.bucket, self.key, self.part_bytes = client, bucket, key, part_bytes
+        # A local file that gets the same bytes as they are written (the gateway's copy of an upload).
+        self.copy = copy
         self.buf = bytearray()
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
@@ -65,6 +71,8 @@ class _MultipartWriter(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
+        if self.copy is not None:
+            self.copy.write(view)
         self.buf += view
         self.written += len(view)
         while len(self.buf) >= self.part_bytes:
@@ -86,7 +94,8 @@ class _MultipartWriter(io.RawIOBase):
             raise _unavailable("upload", exc) from exc
         self.parts.append({"PartNumber": n, "ETag": etag})
 
-    def complete(self) -> None:
+    def complete(self) -> bool:
+        """Put the object in place; False when the key was already there (the first object stays)."""
         try:
             if self.upload_id is None:
                 self.client.put_object(
@@ -108,11 +117,13 @@ class _MultipartWriter(io.RawIOBase):
                 raise _unavailable("write", exc) from exc
             log.info("%s is already in the bucket (a redelivered write); the first object stays", self.key)
             self.abort()
+            return False
         except BotoCoreError as exc:
             self.abort()
             raise _unavailable("write", exc) from exc
         finally:
             self.buf.clear()
+        return True
 
     def abort(self) -> None:
         self.buf.clear()
@@ -144,9 +155,11 @@ class S3Storage(Storage):
         self.part_bytes = part_bytes
         self.presign_ttl_s = presign_ttl_s
         self.scratch = Path(scratch_dir).resolve() / "tmp"
+        # Downloaded objects (a worker's input, by `local_path`), and copies spooled while writing.
         self.copies = Path(scratch_dir).resolve() / "copies"
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        self.copies.mkdir(parents=True, exist_ok=True)
+        self.spooled = Path(scratch_dir).resolve() / "spooled"
+        for folder in (self.scratch, self.copies, self.spooled):
+            folder.mkdir(parents=True, exist_ok=True)
 
     @classmethod
     def from_settings(cls, settings: CommonSettings) -> S3Storage:
@@ -182,15 +195,33 @@ class S3Storage(Storage):
     def _copy_path(self, key: str) -> Path:
         return self.copies / quote(key, safe="")
 
+    def _spooled_path(self, key: str) -> Path:
+        return self.spooled / quote(key, safe="")
+
     @contextmanager
-    def writer(self, key: str) -> Iterator[BinaryIO]:
-        w = _MultipartWriter(self.client, self.bucket, self._key(key), self.part_bytes)
-        try:
-            yield cast(BinaryIO, w)
-        except BaseException:
-            w.abort()
-            raise
-        w.complete()
+    def writer(self, key: str, *, keep_local_copy: bool = False) -> Iterator[BinaryIO]:
+        copy_tmp = self.scratch_path(Path(key).suffix) if keep_local_copy else None
+        with ExitStack() as stack:
+            copy: BinaryIO | None = None
+            if copy_tmp is not None:
+                stack.callback(copy_tmp.unlink, missing_ok=True)
+                try:
+                    copy = stack.enter_context(open(copy_tmp, "wb"))
+                except OSError as exc:
+                    raise StorageUnavailable(
+                        f"scratch is not writable ({type(exc).__name__}: {exc.strerror})"
+                    ) from exc
+            w = _MultipartWriter(self.client, self.bucket, self._key(key), self.part_bytes, copy)
+            try:
+                yield cast(BinaryIO, w)
+            except BaseException:
+                w.abort()
+                raise
+            created = w.complete()
+            if copy is not None and copy_tmp is not None and created:
+                # Only a copy of what is now the object: after a 412 the bucket holds another writer's bytes.
+                copy.close()
+                os.replace(copy_tmp, self._spooled_path(key))
 
     def put_file(self, key: str, src: Path) -> None:
         with open(src, "rb") as f, self.writer(key) as out:
@@ -215,9 +246,13 @@ class S3Storage(Storage):
         return dest
 
     def on_local_copy(self, key: str, fn: Callable[..., T], *args: object) -> T:
+        spooled = self._spooled_path(key)
         path = self.scratch_path(Path(key).suffix)
         try:
-            self._download(key, path)
+            try:
+                os.replace(spooled, path)  # the copy this process kept while writing it: no download
+            except FileNotFoundError:
+                self._download(key, path)
             return fn(path, *args)
         finally:
             path.unlink(missing_ok=True)
@@ -268,6 +303,7 @@ class S3Storage(Storage):
 
     def delete(self, key: str) -> None:
         self._copy_path(key).unlink(missing_ok=True)
+        self._spooled_path(key).unlink(missing_ok=True)
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except (BotoCoreError, ClientError) as exc:
@@ -285,7 +321,7 @@ class S3Storage(Storage):
         """Old local scratch files and copies, and multipart uploads a crashed writer left open."""
         cutoff = time.time() - older_than_s
         n = 0
-        for folder in (self.scratch, self.copies):
+        for folder in (self.scratch, self.copies, self.spooled):
             for path in folder.iterdir():
                 try:
                     if path.stat().st_mtime < cutoff:

@@ -45,9 +45,14 @@ def video_key(job_id: str) -> str:
 class Storage(ABC):
     @abstractmethod
     @contextmanager
-    def writer(self, key: str) -> Iterator[BinaryIO]:
+    def writer(self, key: str, *, keep_local_copy: bool = False) -> Iterator[BinaryIO]:
         """A file to write `key` into; it appears under `key` only if the block exits cleanly. Raises
-        StorageUnavailable when the file cannot be created or put in place (writes raise OSError)."""
+        StorageUnavailable when the file cannot be created or put in place (writes raise OSError).
+
+        `keep_local_copy`: remote storage also spools the bytes to this process's scratch as they are
+        written, and the next `on_local_copy(key, ...)` reads that copy (and removes it) instead of
+        downloading the object back (the gateway probes an upload it has just streamed). Local storage
+        needs no copy: the file itself is local."""
 
     @abstractmethod
     def put_file(self, key: str, src: Path) -> None:
@@ -59,7 +64,8 @@ class Storage(ABC):
         this process's scratch, removed by `delete(key)` or by `sweep_scratch`)."""
 
     def on_local_copy(self, key: str, fn: Callable[..., T], *args: object) -> T:
-        """`fn(path, *args)` with a local file holding `key`; a remote object's copy is removed after."""
+        """`fn(path, *args)` with a local file holding `key`; a remote object's copy is removed after
+        (the copy `writer(key, keep_local_copy=True)` spooled when there is one, else a download)."""
         return fn(self.local_path(key), *args)
 
     def direct_path(self, key: str) -> Path | None:
@@ -114,7 +120,7 @@ class LocalStorage(Storage):
         return path
 
     @contextmanager
-    def writer(self, key: str) -> Iterator[BinaryIO]:
+    def writer(self, key: str, *, keep_local_copy: bool = False) -> Iterator[BinaryIO]:
         final = self._path(key)
         tmp = self.scratch_path(final.suffix)
         try:

@@ -6,6 +6,8 @@ a path, and its extension never chooses how the file is read (the probe reads th
 Starlette's own form parsing spools the whole file before the handler runs and cannot stop a client at
 the size limit; this parser sees each chunk as it arrives, so an upload over the limit is cut off at
 the limit (413) and a large file never sits in memory. Disk writes leave the event loop in ~1 MB blocks.
+With object storage the bytes also go to a local spooled copy as they stream, which the probe reads
+(`Storage.on_local_copy`): the gateway never downloads back the upload it has just sent to the bucket.
 """
 
 from __future__ import annotations
@@ -125,7 +127,9 @@ async def receive_upload(request: Request, storage: Storage, job_id: str, max_by
             filename = disp.get(b"filename")
             up.filename = filename.decode("utf-8", "replace") if filename is not None else None
             up.key = input_key(job_id, UPLOAD_SUFFIX)
-            sink.append(_Sink(stack.enter_context(storage.writer(up.key)), max_bytes))
+            # A local copy too (object storage): the probe reads it instead of downloading the upload back.
+            writer = storage.writer(up.key, keep_local_copy=True)
+            sink.append(_Sink(stack.enter_context(writer), max_bytes))
             state["file"] = True
         elif b"filename" in disp:
             # A file under another name (`file`, `upload`, ...): say what is missing, not what it is.

@@ -196,6 +196,56 @@ def test_an_upload_over_the_limit_is_413_and_its_multipart_upload_is_aborted(
     assert seen["uploads_after_413"] == [], "the multipart upload was aborted"
     assert not storage.exists("inputs/big.upload")
     assert storage.exists("inputs/ok.upload")
+    # The cut-off upload's local copy is gone too; the accepted one's waits for its probe.
+    assert not any(storage.scratch.iterdir())
+    assert [p.name for p in storage.spooled.iterdir()] == ["inputs%2Fok.upload"]
+
+
+def test_the_gateway_probes_its_own_copy_of_an_upload_not_the_bucket(s3_settings: CommonSettings) -> None:
+    """receive_upload keeps a local copy as the bytes stream to the bucket; the probe (on_local_copy, as
+    the synthesize route calls it) reads that copy: no GetObject, and the copy is removed after."""
+    from service.upload import receive_upload
+
+    storage = open_storage(s3_settings)
+    assert isinstance(storage, S3Storage)
+    reads: list[str] = []
+    for op in ("GetObject", "HeadObject"):
+        storage.client.meta.events.register(
+            f"before-parameter-build.s3.{op}", lambda params, **_: reads.append(params["Key"])
+        )
+    probed: dict[str, object] = {}
+
+    async def upload(request: Request) -> JSONResponse:
+        up = await receive_upload(request, storage, request.path_params["job"], 64 * 2**20)
+        assert up.key is not None
+        probed["bytes"] = storage.on_local_copy(up.key, Path.read_bytes)
+        probed["reads"] = list(reads)
+        return JSONResponse({"key": up.key})
+
+    app = Starlette(routes=[Route("/{job}", upload, methods=["POST"])])
+    body = bytes(range(256)) * (12 * 2**20 // 256)  # 12 MiB: three parts of 5 MiB
+    with TestClient(app) as client:
+        r = client.post(
+            "/j1", content=_form(body), headers={"content-type": "multipart/form-data; boundary=xyz"}
+        )
+    assert r.status_code == 200 and r.json()["key"] == "inputs/j1.upload"
+    assert probed["bytes"] == body
+    assert probed["reads"] == [], "the probe read the local copy, not the bucket"
+    assert not any(storage.spooled.iterdir()) and not any(storage.scratch.iterdir())
+    # The object itself is complete in the bucket; another process (a worker) downloads it.
+    worker = open_storage(s3_settings.model_copy(update={"storage_dir": s3_settings.storage_dir / "w"}))
+    assert worker.on_local_copy("inputs/j1.upload", Path.read_bytes) == body
+    assert open_uploads(storage) == []
+    # A key already written keeps the first object, and no copy of the second writer's bytes is kept.
+    with storage.writer("inputs/j1.upload", keep_local_copy=True) as f:
+        f.write(b"another body")
+    assert not any(storage.spooled.iterdir()) and not any(storage.scratch.iterdir())
+    # A writer that fails leaves no copy either.
+    with pytest.raises(RuntimeError), storage.writer("inputs/j2.upload", keep_local_copy=True) as f:
+        f.write(b"half")
+        raise RuntimeError("the client went away")
+    assert not any(storage.spooled.iterdir()) and not any(storage.scratch.iterdir())
+    assert not storage.exists("inputs/j2.upload")
 
 
 def _form(video: bytes) -> bytes:
