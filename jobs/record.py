@@ -86,6 +86,8 @@ class JobRecord:
     webhook_url: str | None = None
     webhook_events: list[str] | None = None
     webhook: dict[str, Any] | None = None
+    # The X-Request-ID of the submission: the worker's log lines about the job carry it too.
+    request_id: str | None = None
 
     @property
     def created_us(self) -> int:

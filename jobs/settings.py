@@ -7,10 +7,18 @@ so they read the same `DIFFV2S_` variables the same way.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class VideoLimitArgs(TypedDict):
+    """The arguments of `diffv2s.video.decode.VideoLimits` that come from the settings."""
+
+    max_pixels: int
+    max_fps: float
+    max_frames: int
 
 
 class CommonSettings(BaseSettings):
@@ -51,6 +59,22 @@ class CommonSettings(BaseSettings):
     # Redis redelivers an unacknowledged task after this long; task time limits must stay below it.
     visibility_timeout_s: int = Field(default=3600, ge=10)
     task_time_limit_s: int = Field(default=1800, ge=1)
+
+    # Video limits (issue 17): the gateway checks them from the header before a job is queued and the
+    # worker checks them again before it decodes, so both must read the same values. The defaults are
+    # `diffv2s.video.decode.DEFAULT_LIMITS` (this package may not import the model library; a test keeps
+    # them equal). `video_limit_kwargs` is what `VideoLimits(**...)` takes.
+    max_video_pixels: int = Field(default=4096 * 2304, ge=1)  # 4K UHD and DCI 4K pass; 8K does not
+    max_video_fps: float = Field(default=120.0, gt=0)
+    max_video_frames: int = Field(default=7200, ge=1)
+
+    @property
+    def video_limit_kwargs(self) -> VideoLimitArgs:
+        return {
+            "max_pixels": self.max_video_pixels,
+            "max_fps": self.max_video_fps,
+            "max_frames": self.max_video_frames,
+        }
 
     @model_validator(mode="after")
     def _check_common(self) -> CommonSettings:

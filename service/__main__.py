@@ -32,6 +32,49 @@ def server_bounds(settings: Settings) -> dict[str, Any]:
     }
 
 
+# Every line names its request (`request_id`: the X-Request-ID the response carries; `-` outside a request).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s request_id=%(request_id)s %(message)s"
+ACCESS_LOG_FORMAT = (
+    '%(asctime)s %(levelname)s %(name)s request_id=%(request_id)s %(client_addr)s - "%(request_line)s" '
+    "%(status_code)s"
+)
+
+
+def log_config(level: str = "info") -> dict[str, Any]:
+    """uvicorn's `log_config` (a `logging.config.dictConfig`): uvicorn's own loggers, its access log and
+    the gateway's loggers (`service`, `jobs`) print the request id of the line. The id is read by a
+    handler filter (`service.security.RequestIdFilter`), so a record made outside the app (uvicorn's
+    access log, startup lines) has one too."""
+    lvl = level.upper()
+    handler = {"class": "logging.StreamHandler", "filters": ["request_id"], "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": "service.security.RequestIdFilter"}},
+        "formatters": {
+            "default": {"()": "uvicorn.logging.DefaultFormatter", "fmt": LOG_FORMAT, "use_colors": False},
+            "access": {
+                "()": "uvicorn.logging.AccessFormatter",
+                "fmt": ACCESS_LOG_FORMAT,
+                "use_colors": False,
+            },
+        },
+        "handlers": {
+            "default": handler | {"formatter": "default"},
+            "access": handler | {"formatter": "access", "stream": "ext://sys.stdout"},
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["default"], "level": lvl, "propagate": False},
+            "uvicorn.error": {"level": lvl},
+            "uvicorn.access": {"handlers": ["access"], "level": lvl, "propagate": False},
+            "service": {"level": lvl},
+            "jobs": {"level": lvl},
+        },
+        # Libraries' own lines (httpx, redis, kombu): warnings and errors.
+        "root": {"handlers": ["default"], "level": "WARNING"},
+    }
+
+
 def main() -> None:
     settings = Settings()
     mp_dir = settings.prometheus_multiproc_dir
@@ -52,6 +95,7 @@ def main() -> None:
         workers=settings.web_concurrency,
         proxy_headers=True,
         log_level="info",
+        log_config=log_config("info"),
         **server_bounds(settings),
     )
 

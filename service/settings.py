@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
-from diffv2s.video.decode import DEFAULT_LIMITS, VideoLimits
+from diffv2s.video.decode import VideoLimits
 from jobs.record import owner_id
 from jobs.settings import CommonSettings
 from jobs.webhooks import WebhookSettings
@@ -54,10 +54,8 @@ class Settings(CommonSettings):
     web_concurrency: int = Field(default=1, ge=1)
 
     # --- Limits and access control (issue 17). Each limit's status is in the README "Limits" table. ---
-    # Checked from the header before any frame is decoded (422 naming the limit).
-    max_video_pixels: int = Field(default=DEFAULT_LIMITS.max_pixels, ge=1)
-    max_video_fps: float = Field(default=DEFAULT_LIMITS.max_fps, gt=0)
-    max_video_frames: int = Field(default=DEFAULT_LIMITS.max_frames, ge=1)
+    # The video limits (MAX_VIDEO_PIXELS, MAX_VIDEO_FPS, MAX_VIDEO_FRAMES) are in CommonSettings: the
+    # workers check the same values. Checked here from the header before any frame is decoded (422).
     # Per API key, `limits` notation ("120/minute", "10/second;300/hour"); "" turns the limit off (429).
     rate_limit_requests: str = "600/minute"
     rate_limit_submissions: str = "60/minute"
@@ -134,11 +132,7 @@ class Settings(CommonSettings):
 
     @property
     def video_limits(self) -> VideoLimits:
-        return VideoLimits(
-            max_pixels=self.max_video_pixels,
-            max_fps=self.max_video_fps,
-            max_frames=self.max_video_frames,
-        )
+        return VideoLimits(**self.video_limit_kwargs)
 
     @property
     def cors_origin_list(self) -> list[str]:

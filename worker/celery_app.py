@@ -20,10 +20,11 @@ from celery import Celery, signals
 from kombu import Exchange, Queue
 
 from jobs.queue import broker_transport_options, queue_names
-from worker import metrics
+from worker import logs, metrics
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+logs.install()  # every record carries job_id / request_id (worker.logs)
 
 settings = WorkerSettings()
 
@@ -46,6 +47,9 @@ app.conf.update(
     # The SQL transport of the embedded mode has no fanout exchange for remote control.
     worker_enable_remote_control=not settings.broker_url.startswith("sqla+"),
     worker_hijack_root_logger=False,
+    # Every line names its job and the request that submitted it (`-` when about no job).
+    worker_log_format=logs.LOG_FORMAT,
+    worker_task_log_format=logs.LOG_FORMAT,
 )
 
 

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from diffv2s.schemas import SynthesisRequest, SynthesisResult
@@ -26,6 +27,7 @@ from jobs.recovery import LOCK_NAME, recover_jobs
 from jobs.storage import Storage, open_storage
 from worker import metrics
 from worker.batcher import DynamicBatcher
+from worker.logs import job_log_id
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -178,6 +180,17 @@ class ModelRuntime:
             log.warning("could not remove the heartbeat of %s", self.worker_id)
         return self.batcher.alive()
 
+    # ------------------------------------------------------------------------------- task threads
+    def prepare(self, request: SynthesisRequest) -> None:
+        """Check the video against this deployment's limits (`WorkerSettings.video_limits`, the same
+        DIFFV2S_MAX_VIDEO_* values the gateway checks) from its header alone, then decode it and find
+        the mouth (`Synthesizer.prepare`). Raises the typed input errors (resolution_too_high, ...)."""
+        from diffv2s.video.decode import probe_video
+
+        limits = self.settings.video_limits
+        limits.check(probe_video(Path(request.video), limits))
+        self.synth.prepare(request)
+
     # ------------------------------------------------------------------------------- model thread
     def _admit(self, job_id: str) -> bool:
         """preparing -> running in the store; False (drop the item) if the job was canceled meanwhile
@@ -191,6 +204,13 @@ class ModelRuntime:
 
     def _run_batch(self, requests: list[SynthesisRequest]) -> list[SynthesisResult]:
         job_ids = [r.request_id for r in requests]
+        token = job_log_id.set(",".join(job_ids))  # the model thread's log lines name the batch's jobs
+        try:
+            return self._run_batch_of(requests, job_ids)
+        finally:
+            job_log_id.reset(token)
+
+    def _run_batch_of(self, requests: list[SynthesisRequest], job_ids: list[str]) -> list[SynthesisResult]:
         last = [0.0]
 
         def progress(step: int, total: int) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from diffv2s.engines.spec import ENGINE_NAMES
+from diffv2s.video.decode import VideoLimits
 from jobs.settings import CommonSettings
 
 
@@ -70,6 +71,12 @@ class WorkerSettings(CommonSettings):
         if self.heartbeat_interval_s * 2 > self.heartbeat_ttl_s:
             raise ValueError("DIFFV2S_HEARTBEAT_TTL_S must be at least twice DIFFV2S_HEARTBEAT_INTERVAL_S")
         return self
+
+    @property
+    def video_limits(self) -> VideoLimits:
+        """The gateway's video limits (`CommonSettings`: the same DIFFV2S_MAX_VIDEO_* variables), checked
+        again before a job's video is decoded."""
+        return VideoLimits(**self.video_limit_kwargs)
 
     @property
     def task_threads(self) -> int:

@@ -30,7 +30,7 @@ from jobs import TERMINAL, JobRecord, JobStatus, StoreUnavailable, lifecycle
 from jobs.queue import TASK_NAME, BrokerError
 from jobs.recovery import holder_state, take_back
 from jobs.storage import Storage, StorageUnavailable, audio_key, video_key
-from worker import metrics
+from worker import logs, metrics
 from worker.batcher import Canceled, ShuttingDown
 from worker.celery_app import app
 from worker.model import ModelRuntime, get_runtime
@@ -170,7 +170,10 @@ def run_job(rt: ModelRuntime, job_id: str) -> str:
     """Process one job; returns the outcome (for logs and tests)."""
     rt.hold(job_id)
     try:
-        return _run_job(rt, job_id)
+        with logs.job_context(job_id):  # every line of this thread names the job (worker.logs)
+            outcome = _run_job(rt, job_id)
+            log.info("job %s: %s", job_id, outcome)
+            return outcome
     finally:
         rt.release(job_id)
 
@@ -180,6 +183,7 @@ def _run_job(rt: ModelRuntime, job_id: str) -> str:
     if job is None:
         log.warning("job %s is not in the store (purged or never created); dropping the message", job_id)
         return "missing"
+    logs.bind_request_id(job.request_id)  # this thread's lines carry the submission's X-Request-ID
     if job.status in TERMINAL:
         if job.status == JobStatus.CANCELED:  # canceled by the client while its message waited
             metrics.JOBS_FINISHED.labels("canceled").inc()
@@ -227,7 +231,7 @@ def _run_job(rt: ModelRuntime, job_id: str) -> str:
         # the model thread is running; only model work goes through the batcher.
         if rt.settings.test_hold_prepared_s:
             time.sleep(rt.settings.test_hold_prepared_s)  # widens the cancel window for a test
-        rt.synth.prepare(request)
+        rt.prepare(request)  # the deployment's video limits, then decode + mouth ROI
         result = _wait(rt, job, request)
     except Canceled:
         return _drop_canceled(rt, job)
@@ -262,6 +266,4 @@ def _run_job(rt: ModelRuntime, job_id: str) -> str:
 def synthesize(self: Task, job_id: str) -> str:
     rt = get_runtime()
     rt.start_heartbeat()  # idempotent: a worker that holds a job is always in the heartbeats
-    outcome = run_job(rt, job_id)
-    log.info("job %s: %s", job_id, outcome)
-    return outcome
+    return run_job(rt, job_id)

@@ -1,53 +1,36 @@
 """Issue 17: hostile inputs the gateway accepts, answered by a real worker (real Redis, real uvicorn, one
 real Celery worker with the real small model on CPU): each fails its job with a clear typed error, or
 succeeds where it should (an odd-sized video with output=mp4 is padded), and after each one the worker
-is alive and a good job still succeeds."""
+is alive and a good job still succeeds. The worker runs with lower video limits than the gateway
+(tests/fixtures/hostile.py WORKER_ENV): a clip within the gateway's limits but over the worker's fails
+with the typed code (resolution_too_high, too_many_frames), the worker applying its own settings."""
 
 from __future__ import annotations
 
 import io
 import time
 from collections.abc import Iterator
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
 import httpx
-import numpy as np
 import pytest
+
+from tests.fixtures.hostile import WORKER_ENV, good_clip, worker_cases
 
 pytestmark = [pytest.mark.e2e]
 
 STEPS = 2
 
 
-def write_frames(path: Path, frames: np.ndarray, fps: int = 25, codec: str = "libx264") -> Path:
-    """RGB frames [n, h, w, 3] -> a video (container from the suffix)."""
-    n, h, w, _ = frames.shape
-    with av.open(str(path), mode="w") as out:
-        stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height = w, h
-        stream.pix_fmt = "yuv420p"
-        for i in range(n):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return path
-
-
-def carphone_frames(n: int) -> np.ndarray:
-    from tests.fixtures.videos import carphone_path, read_rgb_frames
-
-    return np.stack(read_rgb_frames(carphone_path())[:n])
-
-
 @pytest.fixture(scope="module")
 def hostile_cluster(
     redis_base: str, checkpoint: Path | None, tmp_path_factory: pytest.TempPathFactory, cluster_tools: Any
 ) -> Iterator[Any]:
+    # The worker's own video limits (WORKER_ENV) are below the gateway's defaults.
     env = {"DIFFV2S_MAX_BATCH_SIZE": "2", "DIFFV2S_CONCURRENCY": "2", "DIFFV2S_MAX_QUEUE_DELAY_MS": "0"}
+    env |= WORKER_ENV
     with cluster_tools.launch(redis_base, checkpoint, tmp_path_factory.mktemp("hostile"), 1, env) as c:
         yield c
 
@@ -71,47 +54,36 @@ def run_job(
     raise AssertionError(f"job {job_id} ({name}) not finished after {timeout} s")
 
 
+def log_lines(log: Path, text: str, timeout: float = 10.0) -> list[str]:
+    """The lines of `log` containing `text` (the worker writes its line just after the job's record)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [line for line in log.read_text(errors="replace").splitlines() if text in line]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
 def test_hostile_inputs_fail_their_job_alone_and_the_worker_goes_on(
     hostile_cluster: Any, tmp_path: Path
 ) -> None:
-    noise = np.random.default_rng(0).integers(0, 256, (25, 64, 64, 3), dtype=np.uint8)
-    good = write_frames(tmp_path / "good.mp4", carphone_frames(38)).read_bytes()
-    # (name, bytes, form fields, expected status, expected error code or None)
-    cases = [
-        ("noise.mp4", write_frames(tmp_path / "n.mp4", noise).read_bytes(), {}, "failed", "no_face_found"),
-        (
-            "tiny.mp4",
-            write_frames(tmp_path / "t.mp4", np.zeros((25, 2, 2, 3), np.uint8)).read_bytes(),
-            {},
-            "failed",
-            "no_face_found",
-        ),
-        (
-            "noface.webm",
-            write_frames(tmp_path / "v.webm", noise, codec="libvpx-vp9").read_bytes(),
-            {},
-            "failed",
-            "no_face_found",
-        ),
-        (
-            "odd.avi",
-            write_frames(tmp_path / "o.avi", carphone_frames(38)[:, :143, :175], codec="mpeg4").read_bytes(),
-            {"output": "mp4"},
-            "succeeded",
-            None,
-        ),
-    ]
+    good = good_clip(tmp_path)
+    cases = worker_cases(tmp_path)
     worker = hostile_cluster.workers[0]
     headers = {"Authorization": f"Bearer {hostile_cluster.key_a}"}
     with httpx.Client(base_url=hostile_cluster.url, headers=headers, timeout=60) as client:
-        for name, data, form, status, code in cases:
-            job = run_job(client, name, data, **form)
-            assert job["status"] == status, (name, job.get("error"), hostile_cluster.logs())
+        for case in cases:
+            name, code = case.name, case.code
+            job = run_job(client, name, case.data, **case.form)
+            assert job["status"] == case.status, (name, job.get("error"), hostile_cluster.logs())
             if code is None:
                 assert job.get("error") is None, (name, job)
             else:
                 assert job["error"]["code"] == code, (name, job)
                 assert job["error"]["message"], (name, job)
+                # The worker's log line about the failure names the job (worker.logs).
+                failed = log_lines(worker.log, f"job {job['id']} failed")
+                assert failed and all(f"job={job['id']} " in line for line in failed), worker.tail()
             if name == "odd.avi":
                 video = client.get(f"/v1/jobs/{job['id']}/video")
                 assert video.status_code == 200, video.text

@@ -6,119 +6,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import httpx
-import numpy as np
 import pytest
 
 from service.settings import Settings
-from tests.service.conftest import png_bytes, write_audio_only, write_video
+from tests.fixtures.hostile import GATEWAY_CASES, GATEWAY_SETTINGS, gateway_inputs
 
 pytestmark = pytest.mark.anyio
 
 
-def write_frames(path: Path, w: int, h: int, n: int, fps: int, codec: str = "libx264") -> Path:
-    """`n` black frames of w x h at `fps` (ultrafast: an 8K frame costs well under a second)."""
-    with av.open(str(path), mode="w") as out:
-        stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height = w, h
-        stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            stream.options = {"preset": "ultrafast"}
-        black = np.zeros((h, w, 3), np.uint8)
-        for i in range(n):
-            frame = av.VideoFrame.from_ndarray(black, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
-
-
-def write_many_streams(path: Path, n: int) -> Path:
-    """A Matroska file with one video and `n` audio tracks (ffmpeg would analyse every one)."""
-    with av.open(str(path), mode="w", format="matroska") as out:
-        v = out.add_stream("libx264", rate=25)
-        v.width = v.height = 16
-        v.pix_fmt = "yuv420p"
-        for _ in range(n):
-            out.add_stream("pcm_s16le", rate=8000)
-        for i in range(25):
-            frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, 25)
-            for packet in v.encode(frame):
-                out.mux(packet)
-        for packet in v.encode():
-            out.mux(packet)
-    return path
-
-
 @pytest.fixture(scope="session")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    d = tmp_path_factory.mktemp("hostile")
-    clip = write_video(d / "clip.mp4", 1.0).read_bytes()
-    moov = clip.find(b"moov")
-    # The index (at the end of this file) overwritten: a file that starts like an mp4 but has no tracks.
-    corrupt_moov = clip[: moov + 4] + b"\xff" * (len(clip) - moov - 4)
-    secret = d / "secret.txt"
-    secret.write_text("not for you\n")
-    playlist = "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\n{}\n#EXT-X-ENDLIST\n"
-    return {
-        "good": clip,
-        "empty": b"",
-        "truncated": clip[: len(clip) // 2],
-        "random": np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
-        "png": png_bytes(),
-        "pdf": b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n",
-        "html": b"<!doctype html><html><body><script>alert(1)</script></body></html>",
-        "audio_only": write_audio_only(d / "audio.mp4").read_bytes(),
-        "one_frame": write_frames(d / "one.mp4", 32, 32, 1, 25).read_bytes(),
-        "two_by_two": write_frames(d / "2x2.mp4", 2, 2, 25, 25).read_bytes(),
-        "odd_size": write_frames(d / "odd.avi", 33, 31, 25, 25, codec="mpeg4").read_bytes(),
-        "frame_4k": write_frames(d / "4k.mp4", 3840, 2160, 2, 2).read_bytes(),
-        "frame_8k": write_frames(d / "8k.mp4", 8192, 4320, 2, 2).read_bytes(),
-        "fps_1000": write_frames(d / "1000fps.mp4", 16, 16, 600, 1000).read_bytes(),
-        "long": write_video(d / "long.mp4", 3.0).read_bytes(),
-        "corrupt_moov": corrupt_moov,
-        "vp9_webm": write_frames(d / "vp9.webm", 64, 64, 25, 25, codec="libvpx-vp9").read_bytes(),
-        "many_streams": write_many_streams(d / "streams.mkv", 40).read_bytes(),
-        "playlist_existing": playlist.format(secret).encode(),
-        "playlist_missing": playlist.format(d / "does-not-exist.txt").encode(),
-    }
+    return gateway_inputs(tmp_path_factory.mktemp("hostile"))
 
 
-# (case, filename, expected status, expected error code or None for 202)
-CASES = [
-    ("empty", "x.mp4", 415, "empty_file"),
-    ("truncated", "x.mp4", 422, "corrupt_video"),
-    ("random", "x.mp4", 415, "unsupported_video"),
-    ("png", "x.mp4", 415, "unsupported_video"),
-    ("pdf", "x.pdf", 415, "unsupported_video"),
-    ("html", "x.html", 415, "unsupported_video"),
-    ("audio_only", "x.mp4", 415, "no_video_stream"),
-    ("one_frame", "x.mp4", 422, "video_too_short"),
-    ("two_by_two", "x.mp4", 202, None),  # a valid video; the worker answers no_face_found
-    ("odd_size", "x.avi", 202, None),  # MPEG-4 Part 2 in AVI: odd sizes are legal there
-    ("frame_4k", "x.mp4", 202, None),
-    ("frame_8k", "x.mp4", 422, "resolution_too_high"),
-    ("fps_1000", "x.mp4", 422, "frame_rate_too_high"),
-    ("long", "x.mp4", 422, "video_too_long"),  # the limit is set to 2 s below
-    ("corrupt_moov", "x.mp4", 422, "corrupt_video"),
-    ("vp9_webm", "x.webm", 202, None),
-    # ffmpeg opens at most 8 tracks (max_streams): the other 40 cost nothing and the video is read.
-    ("many_streams", "x.mkv", 202, None),
-    ("playlist_existing", "x.m3u8", 415, "unsupported_video"),
-    ("playlist_missing", "x.m3u8", 415, "unsupported_video"),
-    ("good", "../../../../etc/passwd.mp4", 202, None),
-    ("good", "x" * 1000 + ".mp4", 202, None),
-    # A part header line is bounded (4 KB); the answer names the problem.
-    ("good", "x" * 5000 + ".mp4", 422, "invalid_request"),
-    ("good", "\u202egnp.mp4 \u0641\u064a\u062f\u064a\u0648 \U0001f600.mp4", 202, None),
-]
+# (case, filename, expected status, expected error code or None for 202): tests/fixtures/hostile.py
+CASES = GATEWAY_CASES
 
 
 def files_outside(root: Path, storage: Path) -> list[Path]:
@@ -142,7 +47,7 @@ async def test_hostile_upload_gets_its_documented_answer(
     tmp_path: Path,
     make_client: Callable[..., httpx.AsyncClient],
 ) -> None:
-    settings = settings.model_copy(update={"max_video_seconds": 2.0, "max_upload_mb": 5.0})
+    settings = settings.model_copy(update=GATEWAY_SETTINGS)
     before = set(os.listdir(tmp_path))
     async with make_client(settings) as client:
         resp = await client.post("/v1/synthesize", files={"video": (filename, hostile[case], "video/mp4")})

@@ -42,3 +42,16 @@ def test_prod_refuses_short_keys_and_embedded_backends() -> None:
 def test_time_limit_must_stay_below_the_visibility_timeout() -> None:
     with pytest.raises(ValidationError, match="VISIBILITY_TIMEOUT"):
         Settings(api_keys="k", task_time_limit_s=3600, visibility_timeout_s=3600)
+
+
+def test_the_video_limit_defaults_are_the_librarys() -> None:
+    """The limits live in jobs.settings.CommonSettings (no model import there); their defaults must stay
+    the library's DEFAULT_LIMITS, which the decoder falls back to."""
+    from diffv2s.video.decode import DEFAULT_LIMITS
+
+    limits = Settings(api_keys="k").video_limits
+    assert (limits.max_pixels, limits.max_fps, limits.max_frames) == (
+        DEFAULT_LIMITS.max_pixels,
+        DEFAULT_LIMITS.max_fps,
+        DEFAULT_LIMITS.max_frames,
+    )
