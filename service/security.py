@@ -7,9 +7,12 @@ line written while a request runs carries its id (`request_id` on the log record
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import re
 import uuid
+from collections.abc import Mapping
 from contextvars import ContextVar
 
 from starlette.datastructures import MutableHeaders
@@ -21,12 +24,36 @@ request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
 # The API answers JSON and files: nothing on a response may run, embed or be embedded.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-# Swagger UI (dev only; docs are off in prod by default) loads its bundle from jsDelivr.
-DOCS_CSP = (
-    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: "
-    "https://fastapi.tiangolo.com; connect-src 'self'; frame-ancestors 'none'"
+# The web page (`/`, files in service/static): its own script and style only (no inline code), media and
+# downloads from the blob: URLs it makes of what it fetched with the API key, requests to this origin only.
+WEB_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self' blob:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; "
+    "base-uri 'none'"
 )
+# Swagger UI (/docs): every file from the gateway itself (swagger-ui-py's copy, under /docs/static); the
+# one inline script of FastAPI's page (its init) is allowed by its hash, never by 'unsafe-inline'.
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self'{script_hashes}; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self' blob:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; "
+    "base-uri 'none'"
+)
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+
+
+def inline_script_hashes(html: str) -> list[str]:
+    """CSP sources (`'sha256-...'`) of the inline scripts (`<script>` without attributes) of a page."""
+    return [
+        "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
+        for body in _INLINE_SCRIPT.findall(html)
+    ]
+
+
+def docs_csp(html: str) -> str:
+    """DOCS_CSP for one Swagger UI page: its inline scripts allowed by hash."""
+    return DOCS_CSP.format(script_hashes="".join(" " + h for h in inline_script_hashes(html)))
+
+
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -44,9 +71,10 @@ def new_request_id(given: str | None) -> str:
 class RequestContextMiddleware:
     """Sets the request id (context variable + `X-Request-ID`) and the security headers."""
 
-    def __init__(self, app: ASGIApp, docs_paths: frozenset[str] = frozenset()) -> None:
+    def __init__(self, app: ASGIApp, page_csp: Mapping[str, str] | None = None) -> None:
         self.app = app
-        self.docs_paths = docs_paths
+        # Paths that serve a page (the web page, /docs) -> their policy; every other response: API_CSP.
+        self.page_csp = dict(page_csp or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,7 +87,7 @@ class RequestContextMiddleware:
                 break
         rid = new_request_id(given)
         token = request_id_var.set(rid)
-        csp = DOCS_CSP if scope.get("path") in self.docs_paths else API_CSP
+        csp = self.page_csp.get(scope.get("path", ""), API_CSP)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
