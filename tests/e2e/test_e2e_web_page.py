@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -273,6 +274,43 @@ def test_a_job_from_the_page_plays_and_offers_its_results(
     browser.save_screenshot(str(tmp_path / "phone.png"))  # to look at when this test fails
 
     save_screenshot(browser, tmp_path)
+
+
+def test_cancel_a_queued_job_from_the_page(browser: Any, cluster: Any, clips: list[Path]) -> None:
+    """With both workers stopped (SIGSTOP) the job stays queued: the page offers Cancel, and the job ends
+    canceled."""
+    from selenium.webdriver.common.by import By
+
+    browser.set_window_size(*PHONE)
+    for w in cluster.workers:
+        os.kill(w.popen.pid, signal.SIGSTOP)
+    try:
+        open_page(browser, cluster.url, cluster.key_b)
+        choose_video(browser, clips[3])
+        browser.find_element(By.ID, "submit").click()
+        button = wait(
+            browser,
+            "the cancel button",
+            lambda d: (b := d.find_element(By.ID, "cancel")).is_displayed() and b,
+        )
+        job_id = browser.find_element(By.ID, "job-id").text
+        assert browser.find_element(By.ID, "status").get_attribute("data-status") == "queued"
+        no_sideways_overflow(browser)
+        button.click()
+        wait(
+            browser,
+            "the job to end canceled",
+            lambda d: d.find_element(By.ID, "status").get_attribute("data-status") == "canceled",
+        )
+    finally:
+        for w in cluster.workers:
+            os.kill(w.popen.pid, signal.SIGCONT)
+    with httpx.Client(base_url=cluster.url, headers={"Authorization": f"Bearer {cluster.key_b}"}) as api:
+        assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "canceled"
+    assert not browser.find_element(By.ID, "cancel").is_displayed()
+    assert not browser.find_element(By.ID, "result").is_displayed()
+    assert not browser.find_element(By.ID, "error").is_displayed()
+    assert console_problems(browser) == []
 
 
 def test_without_the_event_stream_the_page_polls(browser: Any, cluster: Any, clips: list[Path]) -> None:
