@@ -30,7 +30,10 @@ def install() -> None:
     def factory(*args: object, **kwargs: object) -> logging.LogRecord:
         record = previous(*args, **kwargs)  # type: ignore[arg-type]
         record.job_id = job_log_id.get()
-        record.request_id = request_log_id.get()
+        request_id = request_log_id.get()
+        # A process that also serves the gateway (tests) may have set the gateway's request id already.
+        if request_id != "-" or not hasattr(record, "request_id"):
+            record.request_id = request_id
         return record
 
     factory._diffv2s_job_ids = True  # type: ignore[attr-defined]

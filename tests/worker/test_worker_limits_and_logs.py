@@ -70,6 +70,10 @@ def test_a_video_over_the_workers_limit_fails_its_job_with_the_typed_code(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # A gateway app created in this test process (other modules) installs a record factory of its own that
+    # sets `request_id` from the gateway's context; a worker process never imports the gateway, so here
+    # too the worker's factory goes on top.
+    logs.install()
     # No model: the limits are checked before anything is decoded or reaches the model.
     runtime = ModelRuntime(WorkerSettings(**limits), store, storage)  # type: ignore[arg-type]
     video = write_rgb(tmp_path / "v.mp4", np.zeros((*shape, 3), np.uint8)).read_bytes()
