@@ -1,5 +1,6 @@
-"""`diffv2s evaluate`: score a checkpoint on a corpus split (JSON + markdown table), or describe what it makes
-of videos without ground truth (`--video`)."""
+"""`diffv2s evaluate`: score a checkpoint on a corpus split (JSON + markdown table), on the test split of an
+LRS3 tree beside the paper's figures (`--lrs3`), or describe what it makes of videos without ground truth
+(`--video`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="diffv2s evaluate",
         description="Evaluate DiffV2S on a corpus split: grammar-ASR and Whisper WER, STOI, ESTOI, PESQ-wb, MCD, "
-        "SECS and DNSMOS for the model, the ground truth, the vocoder ceiling and the ablations.",
+        "SECS and DNSMOS for the model, the ground truth, the vocoder ceiling and the ablations; on the LRS3 "
+        "test split (--lrs3) the same without the grammar ASR, beside the paper's LRS3 figures.",
     )
     p.add_argument(
         "--checkpoint", type=Path, default=None, help="DiffV2S checkpoint (default: the shipped one)"
@@ -27,12 +29,24 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", type=Path, help="corpus folder made by `diffv2s corpus make`")
     src.add_argument(
+        "--lrs3",
+        type=Path,
+        metavar="ROOT",
+        help="LRS3 tree (ROOT/test/SPEAKER/CLIP.mp4 + .txt, e.g. from `diffv2s corpus to-lrs3`): Whisper WER "
+        "against the transcripts, STOI/ESTOI/PESQ/MCD/SECS against each clip's own audio, the paper's LRS3 "
+        "figures beside the model's; refused clips are counted with their reason",
+    )
+    src.add_argument(
         "--video",
         type=Path,
         action="append",
         help="video without ground truth (repeatable): duration, DNSMOS, ASR",
     )
-    p.add_argument("--split", default="test_unseen_sentences", help="corpus split (default: %(default)s)")
+    p.add_argument(
+        "--split",
+        default=None,
+        help="corpus split (default: test_unseen_sentences; with --lrs3: test)",
+    )
     p.add_argument(
         "--json", type=Path, required=True, help="output JSON; the markdown table goes beside it (.md)"
     )
@@ -42,10 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(p)
     p.add_argument(
         "--sweep",
-        default="dpmpp-10,ddim-10,ddim-25",
+        default=None,
         help="sampler ablations, comma-separated SAMPLER-STEPS, optionally with -cfgW (classifier-free "
         "guidance W) and/or -noiseS (starting-noise scale S), e.g. ddim-4-cfg1.5-noise1 "
-        "('' = none; default: %(default)s)",
+        "('' = none; default: dpmpp-10,ddim-10,ddim-25; with --lrs3: none)",
     )
     p.add_argument(
         "--no-speaker-ablations", action="store_true", help="skip the gt-audio / no-speaker variants"
@@ -89,7 +103,7 @@ def evaluate_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from tqdm import tqdm
 
-    from lab.evaluation.harness import EvalOptions, evaluate, evaluate_videos
+    from lab.evaluation.harness import DEFAULT_SWEEP, EvalOptions, evaluate, evaluate_lrs3, evaluate_videos
     from lab.evaluation.report import markdown_table, write_report
 
     if args.limit is not None and args.limit < 1:
@@ -97,7 +111,9 @@ def evaluate_main(argv: list[str]) -> int:
         return EXIT_INPUT
     from lab.evaluation.systems import parse_sampler
 
-    sweep = [s for s in args.sweep.split(",") if s.strip()]
+    sweep_arg = args.sweep if args.sweep is not None else ("" if args.lrs3 else ",".join(DEFAULT_SWEEP))
+    sweep = [s for s in sweep_arg.split(",") if s.strip()]
+    split = args.split or ("test" if args.lrs3 else "test_unseen_sentences")
     try:
         for spec in sweep:
             parse_sampler(spec)
@@ -105,7 +121,7 @@ def evaluate_main(argv: list[str]) -> int:
         print(f"error: --sweep: {exc}", file=sys.stderr)
         return EXIT_INPUT
     opts = EvalOptions(
-        split=args.split,
+        split=split,
         limit=args.limit,
         sampler=args.sampler,
         steps=args.steps,
@@ -145,7 +161,10 @@ def evaluate_main(argv: list[str]) -> int:
             write_report(args.json, described)
             print(json.dumps(described, indent=2))
             return 0
-        result = evaluate(args.data, args.checkpoint, opts, progress)
+        if args.lrs3:
+            result = evaluate_lrs3(args.lrs3, args.checkpoint, opts, progress)
+        else:
+            result = evaluate(args.data, args.checkpoint, opts, progress)
     except DiffV2SError as exc:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
         return EXIT_INPUT

@@ -19,7 +19,7 @@ from diffv2s.errors import DiffV2SError, InputError
 from diffv2s.pipeline import Synthesizer
 from diffv2s.schemas import SynthesisParams, resolve_sampling
 from diffv2s.video.mouth_roi import MouthROI, extract_mouth_roi
-from lab.evaluation.corpus_data import EvalItem, load_items
+from lab.evaluation.corpus_data import EvalItem, load_items, load_lrs3_items, refusal, refusal_counts
 from lab.evaluation.figures import MelPair, write_mel_figure
 from lab.evaluation.scoring import Scorer, UtteranceScore, summarize
 from lab.evaluation.systems import (
@@ -36,7 +36,7 @@ DEFAULT_SWEEP = ("dpmpp-10", "ddim-10", "ddim-25")
 
 METRIC_NOTES: dict[str, str] = {
     "wer": "grammar ASR: pocketsphinx en-us acoustic model + JSGF grammar of the GRID corpus; corpus-level "
-    "(edits / reference words) after text normalisation",
+    "(edits / reference words) after text normalisation; null on an open-vocabulary corpus (LRS3)",
     "wer_whisper": "Whisper base (faster-whisper, int8, beam 5, English, no prompt), open vocabulary, same "
     "normalisation",
     "stoi": "pystoi STOI at 16 kHz",
@@ -67,6 +67,7 @@ class EvalOptions:
     speaker_ablations: bool = True
     prior_ablation: bool = False  # also score the denoiser's visual prior alone (`visual_prior`)
     whisper: bool = True
+    grammar: bool = True  # the GRID grammar ASR and its per-slot accuracy (off for open-vocabulary speech)
     seed: int = 0
     batch_size: int = 8
     threads: int = 1
@@ -154,6 +155,8 @@ def plan_systems(synth: Synthesizer, opts: EvalOptions) -> tuple[SystemSpec, lis
 def _extract_rois(
     synth: Synthesizer, items: Sequence[EvalItem], say: Progress
 ) -> tuple[list[EvalItem], list[MouthROI], list[dict[str, str]]]:
+    """(kept items, their mouth ROIs, refused items with the error's code as reason: no_face_found,
+    video_too_short, ...)."""
     kept: list[EvalItem] = []
     rois: list[MouthROI] = []
     skipped: list[dict[str, str]] = []
@@ -162,13 +165,17 @@ def _extract_rois(
             rois.append(extract_mouth_roi(item.video, synth.cfg.video))
             kept.append(item)
         except DiffV2SError as exc:
-            skipped.append({"utt_id": item.utt_id, "error": f"{exc.code}: {exc.message}"})
+            skipped.append(refusal(item.utt_id, exc.code, exc.message))
         say(f"mouth ROIs {k + 1}/{len(items)}")
     return kept, rois, skipped
 
 
 def _batches(n: int, size: int) -> list[range]:
     return [range(s, min(n, s + size)) for s in range(0, n, max(1, size))]
+
+
+# Loads a split's items at a sample rate: (items, clips refused before any video was decoded).
+Loader = Callable[[int], tuple[list[EvalItem], list[dict[str, str]]]]
 
 
 def evaluate(
@@ -178,21 +185,60 @@ def evaluate(
     progress: Progress | None = None,
 ) -> EvalResult:
     """Evaluate a checkpoint (default: the shipped one) on one split of a corpus made by `diffv2s corpus make`."""
+    opts = opts or EvalOptions()
+
+    def load(sr: int) -> tuple[list[EvalItem], list[dict[str, str]]]:
+        return load_items(Path(data), opts.split, sr, opts.limit), []
+
+    return _evaluate(load, {"data": str(data), "corpus": "synthetic"}, checkpoint, opts, progress)
+
+
+def evaluate_lrs3(
+    root: Path,
+    checkpoint: Path | None = None,
+    opts: EvalOptions | None = None,
+    progress: Progress | None = None,
+) -> EvalResult:
+    """Evaluate a checkpoint on one split of an LRS3 tree (`opts.split`, normally `test`): WER of Whisper
+    against each clip's transcript, STOI/ESTOI/PESQ/MCD/SECS against the clip's own audio track, DNSMOS;
+    no grammar ASR (LRS3 is open vocabulary). The report carries the paper's LRS3 figures
+    (`lab.evaluation.paper`) and every refused clip with its reason."""
+    from lab.evaluation.paper import paper_section
+
+    opts = replace(opts or EvalOptions(split="test"), grammar=False)
+
+    def load(sr: int) -> tuple[list[EvalItem], list[dict[str, str]]]:
+        return load_lrs3_items(Path(root), opts.split, sr, opts.limit)
+
+    result = _evaluate(load, {"data": str(root), "corpus": "lrs3"}, checkpoint, opts, progress)
+    result.report["paper"] = paper_section("LRS3")
+    return result
+
+
+def _evaluate(
+    load: Loader,
+    source: dict[str, Any],
+    checkpoint: Path | None,
+    opts: EvalOptions,
+    progress: Progress | None,
+) -> EvalResult:
     import torch
 
-    opts = opts or EvalOptions()
     say = progress or (lambda _msg: None)
     torch.set_num_threads(max(1, opts.threads))
     t_start = time.perf_counter()
     synth = Synthesizer.load(checkpoint, engine=opts.engine, device=opts.device, engine_dir=opts.engine_dir)
     sr = synth.cfg.audio.sample_rate
-    items = load_items(Path(data), opts.split, sr, opts.limit)
+    items, refused = load(sr)
     if not items:
-        raise ValueError(f"split {opts.split!r} of {data} has no utterances")
+        raise ValueError(f"split {opts.split!r} of {source['data']} has no usable utterances: {refused[:3]}")
     items, rois, skipped = _extract_rois(synth, items, say)
+    skipped = refused + skipped
     if not items:
         raise ValueError(f"no utterance of split {opts.split!r} has a usable video: {skipped[:3]}")
-    scorer = Scorer(whisper=opts.whisper, cache_dir=opts.cache_dir, threads=opts.threads)
+    scorer = Scorer(
+        whisper=opts.whisper, cache_dir=opts.cache_dir, threads=opts.threads, grammar=opts.grammar
+    )
     seeds = [opts.seed + k for k in range(len(items))]
     model_spec, ablations = plan_systems(synth, opts)
 
@@ -245,15 +291,18 @@ def evaluate(
                 noise_scale=spec.noise_scale,
                 denoiser=spec.denoiser,
             )
-        entry.update(summarize(rows[name]))
+        entry.update(summarize(rows[name], grid=opts.grammar))
         return entry
 
     report: dict[str, Any] = {
         "meta": {
-            "data": str(data),
+            **source,
             "split": opts.split,
             "n_items_requested": opts.limit,
+            "n_items_scored": len(items),
             "skipped": skipped,
+            "refused": refusal_counts(skipped),
+            "grammar_asr": opts.grammar,
             "checkpoint_sha256": synth.checkpoint_sha256,
             "checkpoint_trained": bool(synth.checkpoint_meta.get("trained", False)),
             "preset": synth.cfg.preset,
@@ -267,7 +316,7 @@ def evaluate(
         "vocoder_ceiling": system_entry(
             "vocoder_ceiling", "ground-truth log-mel -> our HiFi-GAN (the model's ceiling)", None
         ),
-        "ground_truth": system_entry("ground_truth", "the corpus audio itself", None),
+        "ground_truth": system_entry("ground_truth", "the clip's own audio track", None),
         "ablations": {spec.name: system_entry(spec.name, spec.description, spec) for spec in ablations},
     }
     if opts.mel_figure is not None and model_wavs:

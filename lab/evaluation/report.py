@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lab.evaluation.paper import comparison_table
 from lab.evaluation.text import SLOT_NAMES
 
 # (key, header, format) of the main table; lower is better for WER and MCD.
@@ -36,22 +37,41 @@ def _cell(value: Any, fmt: str) -> str:
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    """Two tables: the metrics per system, then the grammar ASR's accuracy per GRID slot."""
+    """Two tables: the metrics per system, then the grammar ASR's accuracy per GRID slot. Without the
+    grammar ASR (an LRS3 report) its WER column and the slot table are left out; a report with the paper's
+    figures (`report["paper"]`) ends with them beside this model's."""
     meta, model = report.get("meta", {}), report.get("model", {})
+    grid = meta.get("grammar_asr", True) is not False
+    columns = [c for c in COLUMNS if grid or c[0] != "wer"]
     lines = [
-        f"## DiffV2S evaluation: `{meta.get('split', '?')}`",
+        f"## DiffV2S evaluation: `{meta.get('split', '?')}`"
+        + (f" of the {meta['corpus'].upper()} tree" if meta.get("corpus") == "lrs3" else ""),
         "",
         f"checkpoint `{str(meta.get('checkpoint_sha256', ''))[:12]}` "
         f"(trained: {meta.get('checkpoint_trained')}), {model.get('n_utterances', 0)} utterances, "
         f"model sampler {model.get('sampler')}-{model.get('steps')}, CFG scale {model.get('cfg_scale')}, "
         f"noise scale {model.get('noise_scale')}",
         "",
-        "| system | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-        "|---|" + "---:|" * len(COLUMNS),
+    ]
+    refused = meta.get("refused") or {}
+    if refused:
+        lines += [
+            f"refused clips: {sum(refused.values())} ("
+            + ", ".join(f"{reason} {n}" for reason, n in refused.items())
+            + ")",
+            "",
+        ]
+    lines += [
+        "| system | " + " | ".join(h for _, h, _ in columns) + " |",
+        "|---|" + "---:|" * len(columns),
     ]
     for label, entry in systems_in_order(report):
-        cells = [_cell(entry.get(key), fmt) for key, _, fmt in COLUMNS]
+        cells = [_cell(entry.get(key), fmt) for key, _, fmt in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if "paper" in report:
+        lines += ["", *comparison_table(report)]
+    if not grid:
+        return "\n".join(lines) + "\n"
     slots = list(SLOT_NAMES.values())
     lines += [
         "",

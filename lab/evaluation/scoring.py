@@ -28,7 +28,7 @@ class UtteranceScore:
     utt_id: str
     speaker: str
     reference: str
-    hyp_grammar: str
+    hyp_grammar: str | None
     hyp_whisper: str | None
     stoi: float
     estoi: float
@@ -46,10 +46,13 @@ class UtteranceScore:
 
 
 class Scorer:
-    """Holds the ASRs and the speaker encoder (loaded once). `whisper=False` skips Whisper (slow on CPU)."""
+    """Holds the ASRs and the speaker encoder (loaded once). `whisper=False` skips Whisper (slow on CPU);
+    `grammar=False` skips the GRID grammar ASR (meaningless on open-vocabulary speech such as LRS3)."""
 
-    def __init__(self, whisper: bool = True, cache_dir: Path | None = None, threads: int = 1) -> None:
-        self.grammar = GrammarASR()
+    def __init__(
+        self, whisper: bool = True, cache_dir: Path | None = None, threads: int = 1, grammar: bool = True
+    ) -> None:
+        self.grammar = GrammarASR() if grammar else None
         self.speakers = SpeakerSimilarity()
         self.whisper = None
         if whisper:
@@ -79,7 +82,7 @@ class Scorer:
                 utt_id=utt_id,
                 speaker=speaker,
                 reference=text,
-                hyp_grammar=self.grammar.transcribe(gen, sample_rate),
+                hyp_grammar=None if self.grammar is None else self.grammar.transcribe(gen, sample_rate),
                 hyp_whisper=None if self.whisper is None else self.whisper.transcribe(gen, sample_rate),
                 stoi=stoi(ref, gen, sample_rate),
                 estoi=stoi(ref, gen, sample_rate, extended=True),
@@ -101,7 +104,7 @@ class Scorer:
             "dnsmos_sig": mos["sig"],
             "dnsmos_bak": mos["bak"],
             "dnsmos_p808": mos["p808"],
-            "hyp_grammar": self.grammar.transcribe(wav, sample_rate),
+            "hyp_grammar": None if self.grammar is None else self.grammar.transcribe(wav, sample_rate),
             "hyp_whisper": None if self.whisper is None else self.whisper.transcribe(wav, sample_rate),
         }
 
@@ -111,18 +114,22 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
-def summarize(rows: list[UtteranceScore]) -> dict[str, Any]:
+def summarize(rows: list[UtteranceScore], grid: bool = True) -> dict[str, Any]:
     """Per-system aggregate: corpus-level WERs (errors / reference words), per-slot accuracy of the grammar
-    ASR (and of Whisper), and the mean of every signal metric over utterances (NaNs left out and counted)."""
+    ASR (and of Whisper), and the mean of every signal metric over utterances (NaNs left out and counted).
+    `grid=False` (open-vocabulary references, e.g. LRS3): no per-slot or sentence accuracy; a WER whose
+    ASR did not run is None."""
     refs = [r.reference for r in rows]
     grammar = [r.hyp_grammar for r in rows]
+    grammar_ran = bool(rows) and all(h is not None for h in grammar)
     out: dict[str, Any] = {"n_utterances": len(rows)}
-    out["wer"] = word_errors(refs, grammar).wer if rows else None
+    out["wer"] = word_errors(refs, [h or "" for h in grammar]).wer if grammar_ran else None
     whisper = [r.hyp_whisper for r in rows]
     if rows and all(h is not None for h in whisper):
         hyps = [h or "" for h in whisper]
         out["wer_whisper"] = word_errors(refs, hyps).wer
-        out["slot_accuracy_whisper"] = slot_accuracy(refs, hyps)
+        if grid:
+            out["slot_accuracy_whisper"] = slot_accuracy(refs, hyps)
     else:
         out["wer_whisper"] = None
     for key in ("stoi", "estoi", "pesq", "mcd", "secs", "dnsmos", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808"):
@@ -131,10 +138,13 @@ def summarize(rows: list[UtteranceScore]) -> dict[str, Any]:
         n_nan = sum(math.isnan(v) for v in values)
         if n_nan:
             out[f"{key}_undefined"] = n_nan
-    out["slot_accuracy"] = slot_accuracy(refs, grammar) if rows else {}
+    if not grid:
+        return out
+    hyps_grammar = [h or "" for h in grammar]
+    out["slot_accuracy"] = slot_accuracy(refs, hyps_grammar) if grammar_ran else {}
     out["sentence_accuracy"] = (
-        float(np.mean([word_errors([r], [h]).wer == 0 for r, h in zip(refs, grammar, strict=True)]))
-        if rows
+        float(np.mean([word_errors([r], [h]).wer == 0 for r, h in zip(refs, hyps_grammar, strict=True)]))
+        if grammar_ran
         else None
     )
     return out
