@@ -26,6 +26,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs import open_store
+from service.__main__ import log_config
 from service.main import create_app
 from service.settings import Settings
 
@@ -108,7 +109,11 @@ def main() -> int:
     url = f"http://{HOST}:{port}"
 
     app = create_app(settings)
-    server = _Server(uvicorn.Config(app, host=HOST, port=port, log_level="warning", lifespan="on"))
+    # The gateway's own log format (request id on every line), at warning: no access lines here.
+    config = uvicorn.Config(
+        app, host=HOST, port=port, log_level="warning", lifespan="on", log_config=log_config("warning")
+    )
+    server = _Server(config)
 
     def on_signal(sig: int, _frame: object) -> None:
         if server.should_exit and sig == signal.SIGINT:

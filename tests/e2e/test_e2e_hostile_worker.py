@@ -49,7 +49,8 @@ def run_job(
     while time.monotonic() < deadline:
         job = client.get(f"/v1/jobs/{job_id}").json()
         if job["status"] in ("succeeded", "failed", "canceled"):
-            return job
+            # The request id the gateway answered the submission with (kept on the job for the worker).
+            return job | {"submitted_request_id": r.headers["X-Request-ID"]}
         time.sleep(0.3)
     raise AssertionError(f"job {job_id} ({name}) not finished after {timeout} s")
 
@@ -81,9 +82,10 @@ def test_hostile_inputs_fail_their_job_alone_and_the_worker_goes_on(
             else:
                 assert job["error"]["code"] == code, (name, job)
                 assert job["error"]["message"], (name, job)
-                # The worker's log line about the failure names the job (worker.logs).
+                # The worker's log line about the failure names the job and the request that submitted it.
                 failed = log_lines(worker.log, f"job {job['id']} failed")
-                assert failed and all(f"job={job['id']} " in line for line in failed), worker.tail()
+                ids = f"job={job['id']} request_id={job['submitted_request_id']} "
+                assert failed and all(ids in line for line in failed), worker.tail()
             if name == "odd.avi":
                 video = client.get(f"/v1/jobs/{job['id']}/video")
                 assert video.status_code == 200, video.text

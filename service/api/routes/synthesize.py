@@ -24,6 +24,7 @@ from service.deps import OwnerDep, QueueDep, QuotasDep, SettingsDep, StorageDep,
 from service.errors import BrokerUnavailable, IdempotencyKeyReused, QueueFull, error_responses
 from service.queue import BrokerError
 from service.schemas import Job, SynthesisForm, SynthesisFormBase
+from service.security import request_id_var
 from service.upload import FILE_FIELD, receive_upload
 
 router = APIRouter(tags=["synthesis"])
@@ -190,6 +191,7 @@ async def synthesize(
             deadline_at=_deadline(form.deadline_s, settings.max_deadline_s),
             webhook_url=webhook_url,
             webhook_events=webhook_events,
+            request_id=request_id_var.get(),
         )
         job, created = await run_in_threadpool(store.create, record, settings.result_ttl_s)
     except IdempotencyConflict as exc:
