@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip --disable-pip-version-check
 SETUP_FILES := pyproject.toml Makefile client/pyproject.toml requirements/dev.lock requirements/dev-nodeps.lock
 
-.PHONY: setup run test lint bench fuzz soak lock openapi clean
+.PHONY: setup run test lint bench fuzz soak hostile lock openapi clean
 
 APT_LISTS := deploy/apt-packages.txt deploy/apt-packages-deploy.txt
 SYSTEM_STAMP := $(VENV)/.system
@@ -79,6 +79,11 @@ bench: $(STAMP)
 # loopback; SOAK_ARGS passes options, e.g. `make soak SOAK_ARGS="--clients 200 --seconds 60"`.
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+
+# Every hostile input and fault of the security suite against a real gateway and worker, one at a time:
+# answer, job outcome, time, and each process's peak memory during the case (not in `make test`).
+hostile: $(STAMP)
+	$(BIN)/python -m bench.bench_hostile
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
