@@ -268,7 +268,7 @@ def disconnect_mid_upload(url: str, declared: int = 4 * 1024 * 1024, sent: int =
         time.sleep(0.5)
 
 
-def run(bench: Bench, tmp: Path, start_worker: Any) -> None:
+def run_cases(bench: Bench, tmp: Path, start_worker: Any) -> None:
     inputs = gateway_inputs(tmp / "gateway")
     wcases = {c.name: c for c in worker_cases(tmp / "worker")}
     good = good_clip(tmp)
@@ -464,6 +464,12 @@ def markdown(rows: list[Row], method: str) -> str:
 
 
 def main() -> int:
+    return 0 if run()["all_as_expected"] else 1
+
+
+def run() -> dict[str, Any]:
+    """Every case, one at a time (what `make bench` and `make hostile` run); the table is printed and
+    written to bench/results/hostile.json."""
     base = redis_base()
 
     def flush() -> None:
@@ -512,7 +518,7 @@ def main() -> int:
         try:
             wait_ready(url, [gateway], 0, f"{base}/{STORE_DB}")
             rss["gateway_start_mb"] = round((proc_status_kb(gateway.popen.pid, "VmRSS") or 0) / 1024, 1)
-            run(bench, tmp, start_worker)
+            run_cases(bench, tmp, start_worker)
             rss["gateway_end_mb"] = round((proc_status_kb(gateway.popen.pid, "VmRSS") or 0) / 1024, 1)
         finally:
             for p in procs:
@@ -525,21 +531,16 @@ def main() -> int:
         print(f"\ngateway RSS over the whole run: {rss}")
         RESULTS.mkdir(parents=True, exist_ok=True)
         out = RESULTS / "hostile.json"
-        out.write_text(
-            json.dumps(
-                {
-                    "memory_method": bench.method,
-                    "gateway_rss": rss,
-                    "rows": [asdict(r) for r in bench.rows],
-                    "all_as_expected": all(r.ok for r in bench.rows),
-                    "logs_tail": failed_logs if not all(r.ok for r in bench.rows) else {},
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        result = {
+            "memory_method": bench.method,
+            "gateway_rss": rss,
+            "rows": [asdict(r) for r in bench.rows],
+            "all_as_expected": all(r.ok for r in bench.rows),
+            "logs_tail": failed_logs if not all(r.ok for r in bench.rows) else {},
+        }
+        out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nwrote {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out}")
-    return 0 if all(r.ok for r in bench.rows) else 1
+    return result
 
 
 if __name__ == "__main__":
