@@ -6,9 +6,11 @@ import asyncio
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -18,6 +20,7 @@ from diffv2s_client.protocol import (
     DEFAULT_URL,
     EVENT_READ_TIMEOUT_S,
     EVENT_RECONNECTS,
+    MAX_REDIRECTS,
     EventParser,
     JobRef,
     OnRetry,
@@ -35,9 +38,14 @@ from diffv2s_client.protocol import (
     job_from,
     job_path,
     page_from,
+    redirect_target,
+    redirected_get,
+    result_checked,
     transport_error,
     with_video_output,
 )
+
+T = TypeVar("T")
 
 
 class AsyncClient:
@@ -250,45 +258,74 @@ class AsyncClient:
             current = latest
         return current
 
-    async def download(
-        self, job: JobRef, path: str | os.PathLike[str], *, kind: ResultKind = "audio"
-    ) -> Path:
-        """Stream the WAV (`kind="audio"`) or the mp4 with the new soundtrack (`"video"`) to `path`.
+    @asynccontextmanager
+    async def _result_response(self, path: str) -> AsyncIterator[httpx.Response]:
+        """The streamed answer of GET `path`; a redirect to the bucket is followed without the API key."""
+        http = self._http
+        r = await http.send(http.build_request("GET", path), stream=True, follow_redirects=False)
+        try:
+            for _ in range(MAX_REDIRECTS):
+                target = redirect_target(r)
+                if target is None:
+                    break
+                await r.aclose()
+                r = await http.send(redirected_get(http, target), stream=True, follow_redirects=False)
+            if r.status_code >= 300:
+                await r.aread()
+            yield result_checked(r, path)
+        finally:
+            await r.aclose()
 
-        The file appears complete or not at all (written beside it, then renamed).
-        """
+    async def _fetch_result(
+        self, job: JobRef, kind: ResultKind, consume: Callable[[httpx.Response], Awaitable[T]]
+    ) -> T:
         if kind not in ("audio", "video"):
             raise ValueError(f"kind must be 'audio' or 'video', not {kind!r}")
-        dest = Path(path)
         url = job_path(job, f"/{kind}")
         attempt = 0
         while True:
             attempt += 1
             try:
-                async with self._http.stream("GET", url) as r:
-                    if r.status_code >= 400:
-                        await r.aread()
-                        raise from_response(r)
-                    # Opened like any new file (the umask applies), under a name of its own.
-                    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.part"
-                    try:
-                        with open(tmp, "xb") as out:
-                            async for chunk in r.aiter_bytes():
-                                out.write(chunk)
-                        os.replace(tmp, dest)
-                    except BaseException:
-                        tmp.unlink(missing_ok=True)
-                        raise
-                    return dest
+                async with self._result_response(url) as r:
+                    return await consume(r)
             except httpx.TransportError as exc:
                 error: DiffV2SClientError = transport_error(exc, "GET", url)
             except ApiError as exc:
                 error = exc
             await self._pause("GET", url, attempt, error)
 
+    async def download(
+        self, job: JobRef, path: str | os.PathLike[str], *, kind: ResultKind = "audio"
+    ) -> Path:
+        """Stream the WAV (`kind="audio"`) or the mp4 with the new soundtrack (`"video"`) to `path`.
+
+        The file appears complete or not at all (written beside it, then renamed). When the gateway
+        redirects to the bucket (a presigned URL), the bytes come from there, without the API key.
+        """
+        dest = Path(path)
+
+        async def save(r: httpx.Response) -> Path:
+            # Opened like any new file (the umask applies), under a name of its own.
+            tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.part"
+            try:
+                with open(tmp, "xb") as out:
+                    async for chunk in r.aiter_bytes():
+                        out.write(chunk)
+                os.replace(tmp, dest)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            return dest
+
+        return await self._fetch_result(job, kind, save)
+
     async def read_result(self, job: JobRef, *, kind: ResultKind = "audio") -> bytes:
-        """The WAV or mp4 bytes in memory."""
-        return (await self._request("GET", job_path(job, f"/{kind}"))).content
+        """The WAV or mp4 bytes in memory (a redirect to the bucket is followed, as by `download`)."""
+
+        async def read(r: httpx.Response) -> bytes:
+            return await r.aread()
+
+        return await self._fetch_result(job, kind, read)
 
     async def synthesize(
         self,

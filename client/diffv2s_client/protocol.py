@@ -118,6 +118,38 @@ def transport_error(exc: httpx.TransportError, method: str, url: str) -> Transpo
     return TransportError(f"{method} {url}: {type(exc).__name__}: {exc}".rstrip(": "))
 
 
+# A result download may be answered with a redirect to a short-lived presigned URL of the bucket (a
+# gateway with DIFFV2S_STORAGE_PRESIGN_TTL_S > 0 answers 307): followed, at most this many hops.
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+
+
+def redirect_target(response: httpx.Response) -> httpx.URL | None:
+    """Where a redirect answer points (its Location, resolved against the request), else None."""
+    location = response.headers.get("location")
+    if response.status_code not in REDIRECT_STATUSES or not location:
+        return None
+    return response.request.url.join(location)
+
+
+def redirected_get(http: httpx.Client | httpx.AsyncClient, url: httpx.URL) -> httpx.Request:
+    """The GET of a redirect target, without the API key: a presigned URL carries its own signature
+    (S3 refuses a request that also has an Authorization header), and the key is for the gateway only,
+    never sent to another host."""
+    request = http.build_request("GET", url, headers={"Accept": "*/*"})
+    request.headers.pop("Authorization", None)
+    return request
+
+
+def result_checked(response: httpx.Response, path: str) -> httpx.Response:
+    """A result answer after its redirects: the response, or its typed error (body read already)."""
+    if 300 <= response.status_code < 400:
+        raise UnexpectedResponse(
+            f"GET {path}: {response.status_code} after {MAX_REDIRECTS} redirects or without a Location"
+        )
+    return checked(response)
+
+
 def checked(response: httpx.Response) -> httpx.Response:
     """The response, or its typed error (its body must have been read)."""
     if response.status_code >= 400:

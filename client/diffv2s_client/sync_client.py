@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -17,6 +19,7 @@ from diffv2s_client.protocol import (
     DEFAULT_URL,
     EVENT_READ_TIMEOUT_S,
     EVENT_RECONNECTS,
+    MAX_REDIRECTS,
     EventParser,
     JobRef,
     OnRetry,
@@ -35,9 +38,14 @@ from diffv2s_client.protocol import (
     job_id,
     job_path,
     page_from,
+    redirect_target,
+    redirected_get,
+    result_checked,
     transport_error,
     with_video_output,
 )
+
+T = TypeVar("T")
 
 
 class Client:
@@ -253,43 +261,67 @@ class Client:
             current = latest
         return current
 
-    def download(self, job: JobRef, path: str | os.PathLike[str], *, kind: ResultKind = "audio") -> Path:
-        """Stream the WAV (`kind="audio"`) or the mp4 with the new soundtrack (`"video"`) to `path`.
+    @contextmanager
+    def _result_response(self, path: str) -> Iterator[httpx.Response]:
+        """The streamed answer of GET `path` (a result). A redirect, a gateway's 307 to a presigned URL
+        of the bucket, is followed without the API key (see `protocol.redirected_get`)."""
+        r = self._http.send(self._http.build_request("GET", path), stream=True, follow_redirects=False)
+        try:
+            for _ in range(MAX_REDIRECTS):
+                target = redirect_target(r)
+                if target is None:
+                    break
+                r.close()
+                r = self._http.send(redirected_get(self._http, target), stream=True, follow_redirects=False)
+            if r.status_code >= 300:
+                r.read()
+            yield result_checked(r, path)
+        finally:
+            r.close()
 
-        The file appears complete or not at all (written beside it, then renamed).
-        """
+    def _fetch_result(self, job: JobRef, kind: ResultKind, consume: Callable[[httpx.Response], T]) -> T:
         if kind not in ("audio", "video"):
             raise ValueError(f"kind must be 'audio' or 'video', not {kind!r}")
-        dest = Path(path)
         url = job_path(job, f"/{kind}")
         attempt = 0
         while True:
             attempt += 1
             try:
-                with self._http.stream("GET", url) as r:
-                    if r.status_code >= 400:
-                        r.read()
-                        raise from_response(r)
-                    # Opened like any new file (the umask applies), under a name of its own.
-                    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.part"
-                    try:
-                        with open(tmp, "xb") as out:
-                            for chunk in r.iter_bytes():
-                                out.write(chunk)
-                        os.replace(tmp, dest)
-                    except BaseException:
-                        tmp.unlink(missing_ok=True)
-                        raise
-                    return dest
+                with self._result_response(url) as r:
+                    return consume(r)
             except httpx.TransportError as exc:
                 error: DiffV2SClientError = transport_error(exc, "GET", url)
             except ApiError as exc:
                 error = exc
+            # A retry asks the gateway again (a fresh presigned URL when it redirects).
             self._pause("GET", url, attempt, error)
 
+    def download(self, job: JobRef, path: str | os.PathLike[str], *, kind: ResultKind = "audio") -> Path:
+        """Stream the WAV (`kind="audio"`) or the mp4 with the new soundtrack (`"video"`) to `path`.
+
+        The file appears complete or not at all (written beside it, then renamed). When the gateway
+        redirects to the bucket (a presigned URL), the bytes come from there, without the API key.
+        """
+        dest = Path(path)
+
+        def save(r: httpx.Response) -> Path:
+            # Opened like any new file (the umask applies), under a name of its own.
+            tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.part"
+            try:
+                with open(tmp, "xb") as out:
+                    for chunk in r.iter_bytes():
+                        out.write(chunk)
+                os.replace(tmp, dest)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            return dest
+
+        return self._fetch_result(job, kind, save)
+
     def read_result(self, job: JobRef, *, kind: ResultKind = "audio") -> bytes:
-        """The WAV or mp4 bytes in memory."""
-        return self._request("GET", job_path(job, f"/{kind}")).content
+        """The WAV or mp4 bytes in memory (a redirect to the bucket is followed, as by `download`)."""
+        return self._fetch_result(job, kind, lambda r: r.read())
 
     def synthesize(
         self,
