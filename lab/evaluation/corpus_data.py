@@ -76,19 +76,28 @@ def refusal_counts(refused: list[dict[str, str]]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def check_lrs3_tree(root: Path, split: str) -> None:
+    """Raise ValueError unless `root` is an LRS3 tree with the split `split` (checked before a model loads)."""
+    from lab.training.data import corpus_kind
+
+    if not Path(root).is_dir():
+        raise ValueError(f"--lrs3 {root}: no such folder")
+    if corpus_kind(Path(root)) != "lrs3":
+        raise ValueError(f"{root} is not an LRS3 tree ({{split}}/{{speaker}}/{{clip}}.mp4 + .txt)")
+    if not (Path(root) / split).is_dir():
+        raise ValueError(f"{root} has no LRS3 split {split!r}")
+
+
 def load_lrs3_items(
     root: Path, split: str, sample_rate: int, limit: int | None = None
 ) -> tuple[list[EvalItem], list[dict[str, str]]]:
     """(items, refused) of one split of an LRS3 tree: the first `limit` clips (speakers interleaved) with
     their transcript's text and their own audio track at `sample_rate`. Clips without a `.txt` and clips
     whose audio cannot be read are refused (`no_transcript`, `no_audio_track`), not fatal."""
-    from lab.training.data import corpus_kind, list_utterances
+    from lab.training.data import list_utterances
 
     root = Path(root)
-    if corpus_kind(root) != "lrs3":
-        raise ValueError(f"{root} is not an LRS3 tree ({{split}}/{{speaker}}/{{clip}}.mp4 + .txt)")
-    if not (root / split).is_dir():
-        raise ValueError(f"{root} has no LRS3 split {split!r}")
+    check_lrs3_tree(root, split)
     utterances = list_utterances(root, split)
     # The reader skips clips without a transcript; count them here as refused.
     listed = {u.video for u in utterances}

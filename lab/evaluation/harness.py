@@ -19,7 +19,14 @@ from diffv2s.errors import DiffV2SError, InputError
 from diffv2s.pipeline import Synthesizer
 from diffv2s.schemas import SynthesisParams, resolve_sampling
 from diffv2s.video.mouth_roi import MouthROI, extract_mouth_roi
-from lab.evaluation.corpus_data import EvalItem, load_items, load_lrs3_items, refusal, refusal_counts
+from lab.evaluation.corpus_data import (
+    EvalItem,
+    check_lrs3_tree,
+    load_items,
+    load_lrs3_items,
+    refusal,
+    refusal_counts,
+)
 from lab.evaluation.figures import MelPair, write_mel_figure
 from lab.evaluation.scoring import Scorer, UtteranceScore, summarize
 from lab.evaluation.systems import (
@@ -206,6 +213,7 @@ def evaluate_lrs3(
     from lab.evaluation.paper import paper_section
 
     opts = replace(opts or EvalOptions(split="test"), grammar=False)
+    check_lrs3_tree(Path(root), opts.split)  # before the model loads
 
     def load(sr: int) -> tuple[list[EvalItem], list[dict[str, str]]]:
         return load_lrs3_items(Path(root), opts.split, sr, opts.limit)

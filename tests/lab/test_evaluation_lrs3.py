@@ -138,11 +138,20 @@ def test_a_paper_preset_checkpoint_trained_with_avhubert_evaluates(
     assert "| paper: DiffV2S |" in out.with_suffix(".md").read_text()
 
 
-def test_refuses_a_tree_that_is_not_lrs3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_refuses_a_tree_that_is_not_lrs3(
+    lrs3_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "nothing").mkdir()
     argv = ["--lrs3", str(tmp_path / "nothing"), "--json", str(tmp_path / "x.json"), "--no-whisper"]
     assert evaluate_main(argv) == 2
     assert "LRS3" in capsys.readouterr().err
+    # The synthetic corpus the tree was made from is not an LRS3 tree; a split the tree lacks is refused.
+    argv[1] = str(lrs3_root.parent / "corpus")
+    assert evaluate_main(argv) == 2
+    assert "not an LRS3 tree" in capsys.readouterr().err
+    assert evaluate_main(["--lrs3", str(lrs3_root), "--split", "pretrain", *argv[2:]]) == 2
+    assert "no LRS3 split 'pretrain'" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_metrics_cover_the_harness(evaluated: tuple[int, dict, Path]) -> None:
