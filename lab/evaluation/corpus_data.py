@@ -13,6 +13,7 @@ transcript, no audio track) is refused with its reason rather than failing the r
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,14 @@ def refusal_counts(refused: list[dict[str, str]]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+_LRS3_TAG = re.compile(r"\{[^}]*\}")
+
+
+def lrs3_reference(text: str) -> str:
+    """The words of an LRS3 "Text:" line that were spoken: its non-speech tags ({LG}, {NS}) dropped."""
+    return " ".join(_LRS3_TAG.sub(" ", text).split())
+
+
 def check_lrs3_tree(root: Path, split: str) -> None:
     """Raise ValueError unless `root` is an LRS3 tree with the split `split` (checked before a model loads)."""
     from lab.training.data import corpus_kind
@@ -102,7 +111,9 @@ def load_lrs3_items(
     # The reader skips clips without a transcript; count them here as refused.
     listed = {u.video for u in utterances}
     untranscribed = [v for v in sorted((root / split).glob("*/*.mp4")) if v not in listed]
-    ordered: list[tuple[str, str, str, Path]] = [(u.utt_id, u.speaker, u.text, u.video) for u in utterances]
+    ordered: list[tuple[str, str, str, Path]] = [
+        (u.utt_id, u.speaker, lrs3_reference(u.text), u.video) for u in utterances
+    ]
     ordered += [(f"{v.parent.name}/{v.stem}", v.parent.name, "", v) for v in untranscribed]
     ordered = interleave_speakers(ordered, lambda c: c[1])[: limit if limit else None]
     items: list[EvalItem] = []

@@ -40,6 +40,9 @@ def lrs3_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     blank.parent.mkdir()
     write_talking_clip(blank, [np.full((144, 176, 3), 128, np.uint8)] * 20, 150.0, seed=9)
     blank.with_suffix(".txt").write_text(format_lrs3_text("nobody is here", []))
+    # A non-speech tag as LRS3 writes them: not part of the reference.
+    tagged = root / "test" / "spk01" / "00001.txt"
+    tagged.write_text(tagged.read_text().replace("\nConf:", " {LG}\nConf:", 1))
     untranscribed = root / "test" / "spk00" / "00009.mp4"
     untranscribed.write_bytes((root / "test" / "spk00" / "00001.mp4").read_bytes())
     return root
@@ -90,6 +93,8 @@ def test_references_are_the_transcripts_text_lines(
 ) -> None:
     _, _, out = evaluated
     texts = {f"{c.speaker}/{c.utt}": c.text.lower() for c in read_lrs3(lrs3_root, "test")}
+    assert texts["spk01/00001"].endswith(" {lg}")
+    texts["spk01/00001"] = texts["spk01/00001"].removesuffix(" {lg}")
     rows = [json.loads(line) for line in out.with_name("lrs3.utterances.jsonl").read_text().splitlines()]
     scored = {row["utt_id"] for row in rows}
     assert scored == {"spk00/00001", "spk01/00001"}
