@@ -4,16 +4,21 @@ Run: `.venv/bin/python -m bench.bench_synthesize` (prints two tables, writes ben
 RTF = seconds of processing / seconds of audio (< 1 is faster than real time). One warm-up run first.
 
 Table 1, the CPU speed levers of issue 21 measured in one run, variants interleaved (each repeat runs
-every variant once, in turn), median of `repeats`, at the checkpoint's defaults:
+every variant once, in turn), median of `repeats`, at the checkpoint's defaults, `--threads` threads:
+
+    torch-nets    `Synthesizer.load(engine="torch")`: encoder, speaker extractor and denoiser in torch, the
+                  HiFi-GAN through ONNX Runtime, decoding beside the landmark detector (the default before
+                  the engine "onnxruntime-cpu" became it; the ratio column is against this row)
+    default       `Synthesizer.load()`: the engine "onnxruntime-cpu", all four networks in ONNX Runtime,
+                  traced in memory at load, same preprocessing
+    ort-files     with `--engine-dir DIR` (files of `diffv2s export --out DIR`): the same engine from files
+
+With `--levers`, also the earlier steps (before the `default` of each):
 
     before        torch HiFi-GAN, landmarks on every frame, decode then landmarks (the path before issue 21)
-    +ort-vocoder  HiFi-GAN through ONNX Runtime float32 (`vocoder_engine="onnxruntime-cpu"`)
-    default       `Synthesizer.load()`: that, and decoding in a producer thread beside the landmark
-                  detector (`overlap_decode`)
+    +ort-vocoder  torch networks, HiFi-GAN through ONNX Runtime float32, decode then landmarks
     +stride2      the default with landmarks on every other frame, interpolated between (`landmark_stride=2`;
                   an option, not the default: see the README)
-    ort-all       with `--engine-dir DIR` (files of `diffv2s export --out DIR`): the engine "onnxruntime-cpu"
-                  (encoder, speaker, denoiser and vocoder in ONNX Runtime) with the default preprocessing
 
 Table 2: the default synthesizer with other samplers (DDIM 4 without CFG, DPM-Solver++, DDIM 25).
 """
@@ -42,17 +47,26 @@ def carphone_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "carphone_pristine.mp4"
 
 
-def lever_variants(engine_dir: Path | None = None) -> dict[str, Synthesizer]:
-    """The synthesizers of table 1 (copies share one model and one ONNX Runtime vocoder)."""
-    before = Synthesizer.load(vocoder_engine="torch", landmark_stride=1, overlap_decode=False)
+def lever_variants(engine_dir: Path | None = None, levers: bool = False) -> dict[str, Synthesizer]:
+    """The synthesizers of table 1 (copies share one model and its ONNX Runtime sessions)."""
+    torch_nets = Synthesizer.load(engine="torch")
     default = Synthesizer.load()
-    ort = copy.copy(default)
-    ort.overlap_decode, ort.landmark_stride = False, 1
-    stride2 = copy.copy(default)
-    stride2.landmark_stride = 2
-    variants = {"before": before, "+ort-vocoder": ort, "default": default, "+stride2": stride2}
+    variants: dict[str, Synthesizer] = {}
+    if levers:
+        variants["before"] = Synthesizer.load(
+            engine="torch", vocoder_engine="torch", landmark_stride=1, overlap_decode=False
+        )
+        ort = copy.copy(torch_nets)
+        ort.overlap_decode, ort.landmark_stride = False, 1
+        variants["+ort-vocoder"] = ort
+    variants["torch-nets"] = torch_nets
+    variants["default"] = default
+    if levers:
+        stride2 = copy.copy(default)
+        stride2.landmark_stride = 2
+        variants["+stride2"] = stride2
     if engine_dir is not None:
-        variants["ort-all"] = Synthesizer.load(
+        variants["ort-files"] = Synthesizer.load(
             engine="onnxruntime-cpu",
             engine_dir=engine_dir,
             landmark_stride=default.landmark_stride,
@@ -71,15 +85,16 @@ def _row(runs: list) -> dict[str, float]:
 
 def _print(title: str, table: dict[str, dict[str, float]], ref: str | None = None) -> None:
     print(title)
-    print(f"{'variant':<16}" + "".join(f"{s:>11}" for s in STAGES) + ("   before/this" if ref else ""))
+    print(f"{'variant':<16}" + "".join(f"{s:>11}" for s in STAGES) + (f"   {ref}/this" if ref else ""))
     for label, row in table.items():
         ratio = f"{table[ref]['total_rtf'] / row['total_rtf']:>14.2f}" if ref else ""
         print(f"{label:<16}" + "".join(f"{row[s + '_rtf']:>11.3f}" for s in STAGES) + ratio)
 
 
-def run(repeats: int = 5, engine_dir: Path | None = None) -> dict:
+def run(repeats: int = 5, engine_dir: Path | None = None, levers: bool = False, threads: int = 2) -> dict:
+    torch.set_num_threads(threads)
     video = carphone_path()
-    variants = lever_variants(engine_dir)
+    variants = lever_variants(engine_dir, levers)
     for synth in variants.values():
         synth.warmup()
         synth.synthesize_batch([SynthesisRequest(video=video)])
@@ -87,7 +102,7 @@ def run(repeats: int = 5, engine_dir: Path | None = None) -> dict:
     for _ in range(repeats):
         for name, synth in variants.items():
             runs[name].append(synth.synthesize_batch([SynthesisRequest(video=video)])[0])
-    levers = {name: _row(r) for name, r in runs.items()}
+    table = {name: _row(r) for name, r in runs.items()}
 
     synth = variants["default"]
     d = synth.cfg.diffusion
@@ -107,17 +122,18 @@ def run(repeats: int = 5, engine_dir: Path | None = None) -> dict:
                 for _ in range(max(1, repeats // 2))
             ]
         )
-    audio = levers["before"]["audio_seconds"]
+    audio = table["torch-nets"]["audio_seconds"]
     _print(
         f"carphone clip, {audio:.2f} s, {torch.get_num_threads()} threads, defaults ({default}), "
         f"median of {repeats} interleaved repeats",
-        levers,
-        ref="before",
+        table,
+        ref="torch-nets",
     )
     _print(f"default synthesizer ({synth.info['engine_details'].get('vocoder', 'torch')} vocoder)", samplers)
     out = {
         "unit": "real-time factor (processing s / audio s)",
-        "levers": levers,
+        "levers": table,
+        "reference": "torch-nets",
         "rows": samplers,
         "engine": synth.info["engine"],
         "engine_details": synth.info["engine_details"],
@@ -132,6 +148,10 @@ def run(repeats: int = 5, engine_dir: Path | None = None) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--engine-dir", type=Path, default=None, help="exported files: adds the ort-all row")
+    parser.add_argument(
+        "--engine-dir", type=Path, default=None, help="exported files: adds the ort-files row"
+    )
+    parser.add_argument("--levers", action="store_true", help="also the earlier levers' rows (see above)")
+    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
     args = parser.parse_args()
-    run(args.repeats, args.engine_dir)
+    run(args.repeats, args.engine_dir, args.levers, args.threads)

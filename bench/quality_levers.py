@@ -1,10 +1,13 @@
 """Quality of the CPU speed levers (issue 21): grammar-ASR WER, STOI, ESTOI and SECS of the model on the
-first `--limit` utterances of a corpus split for the path before them (torch vocoder, landmarks on every
-frame), the ONNX Runtime vocoder, and that with landmarks on every other frame. Same seeds, the served
-system of `diffv2s evaluate` (no ablations, no Whisper), scored with the evaluation's own functions.
+first `--limit` utterances of a corpus split for each variant (`VARIANTS`): the path before them (torch
+vocoder, landmarks on every frame), the ONNX Runtime vocoder with the torch networks, that with landmarks
+on every other frame, and every network in ONNX Runtime (the engine "onnxruntime-cpu", traced in memory).
+Same seeds, the served system of `diffv2s evaluate` (no ablations, no Whisper), scored with the
+evaluation's own functions.
 
-Run: `.venv/bin/python -m bench.quality_levers --data var/train/corpus-12spk --limit 44 --json OUT.json`
-(not part of `make bench`: ~30 min for 44 utterances on 2 cores).
+Run: `.venv/bin/python -m bench.quality_levers --data var/train/corpus-12spk --limit 44 --json OUT.json
+[--variants ort_vocoder,ort_all]` (not part of `make bench`: ~10 min per variant for 44 utterances on 2
+cores).
 """
 
 from __future__ import annotations
@@ -26,23 +29,31 @@ from lab.evaluation.harness import EvalOptions, plan_systems
 from lab.evaluation.scoring import Scorer, UtteranceScore, summarize
 from lab.evaluation.systems import synthesize_system
 
+# name -> (Synthesizer.load keyword arguments, landmark stride of the mouth ROIs)
+VARIANTS: dict[str, tuple[dict[str, str], int]] = {
+    "before": ({"engine": "torch", "vocoder_engine": "torch"}, 1),
+    "ort_vocoder": ({"engine": "torch", "vocoder_engine": "onnxruntime-cpu"}, 1),
+    "ort_vocoder+stride2": ({"engine": "torch", "vocoder_engine": "onnxruntime-cpu"}, 2),
+    "ort_all": ({"engine": "onnxruntime-cpu"}, 1),
+}
 
-def run(data: Path, split: str, limit: int, threads: int = 2) -> dict:
+
+def run(
+    data: Path, split: str, limit: int, threads: int = 2, names: tuple[str, ...] = tuple(VARIANTS)
+) -> dict:
     torch.set_num_threads(threads)
-    before = Synthesizer.load(vocoder_engine="torch")
-    after = Synthesizer.load(vocoder_engine="onnxruntime-cpu")
-    sr = before.cfg.audio.sample_rate
+    synths = {name: Synthesizer.load(**VARIANTS[name][0]) for name in names}  # type: ignore[arg-type]
+    first = next(iter(synths.values()))
+    sr = first.cfg.audio.sample_rate
     items = load_items(data, split, sr, limit)
-    every = [extract_mouth_roi(it.video, before.cfg.video) for it in items]
-    stride2 = [extract_mouth_roi(it.video, before.cfg.video, landmark_stride=2) for it in items]
-    spec, _ = plan_systems(before, EvalOptions(sweep=(), speaker_ablations=False))
+    strides = sorted({VARIANTS[name][1] for name in names})
+    rois_by = {
+        k: [extract_mouth_roi(it.video, first.cfg.video, landmark_stride=k) for it in items] for k in strides
+    }
+    spec, _ = plan_systems(first, EvalOptions(sweep=(), speaker_ablations=False))
     seeds = list(range(len(items)))
     scorer = Scorer(whisper=False, threads=threads)
-    variants = {
-        "before": (before, every),
-        "ort_vocoder": (after, every),
-        "ort_vocoder+stride2": (after, stride2),
-    }
+    variants = {name: (synths[name], rois_by[VARIANTS[name][1]]) for name in names}
     out: dict = {}
     for name, (synth, rois) in variants.items():
         rows = []
@@ -84,7 +95,16 @@ if __name__ == "__main__":
     parser.add_argument("--limit", type=int, default=44)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated subset of {','.join(VARIANTS)} (run in that order)",
+    )
     args = parser.parse_args()
-    result = run(args.data, args.split, args.limit, args.threads)
+    names = tuple(n.strip() for n in args.variants.split(",") if n.strip())
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {','.join(VARIANTS)}")
+    result = run(args.data, args.split, args.limit, args.threads, names)
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2))

@@ -22,7 +22,7 @@ from diffv2s.checkpoints.store import Checkpoint, load_checkpoint
 from diffv2s.checkpoints.weights import load_model
 from diffv2s.config import ModelConfig
 from diffv2s.engines.build import build_engines
-from diffv2s.engines.spec import Engines
+from diffv2s.engines.spec import Engines, resolve_engine
 from diffv2s.errors import DiffV2SError, InvalidParameter
 from diffv2s.model import DiffV2S
 from diffv2s.sampling import MelBatch, ProgressFn, generate_mels, vocode
@@ -67,7 +67,7 @@ class Synthesizer:
     def load(
         cls,
         checkpoint: Path | None = None,
-        engine: str = "torch",
+        engine: str | None = None,
         device: str = "cpu",
         engine_dir: Path | None = None,
         vocoder_engine: str | None = None,
@@ -76,6 +76,9 @@ class Synthesizer:
     ) -> Synthesizer:
         """Load a checkpoint (default: the shipped one) and build the requested engine backend.
 
+        engine: one of `diffv2s.engines.spec.ENGINE_NAMES`; None = "onnxruntime-cpu" on a CPU with onnxruntime
+        installed (the networks traced in memory at load unless `engine_dir` holds exported files), else
+        "torch" (`resolve_engine`). engine="torch" runs the PyTorch modules.
         vocoder_engine: one of `diffv2s.engines.spec.VOCODER_ENGINES`; None = ONNX Runtime for the torch
         engine on a CPU, else the engine's own vocoder (`resolve_vocoder_engine`)."""
         from diffv2s.nn.hifigan import make_vocoder
@@ -83,6 +86,7 @@ class Synthesizer:
         ckpt = load_checkpoint(checkpoint)
         model = load_model(ckpt)
         dev = torch.device(device)
+        engine = resolve_engine(engine, dev.type)
         vocoder = make_vocoder(ckpt.config.vocoder, ckpt.config.audio, device=dev)
         engines = build_engines(engine, model, vocoder, dev, engine_dir, ckpt, vocoder_engine=vocoder_engine)
         return cls(

@@ -152,7 +152,8 @@ def build_ort_engines(
 ) -> Engines:
     """Engines of an ONNX Runtime backend from the exported files in `engine_dir`, checked against `ckpt`.
 
-    engine: "onnxruntime" | one of `ORT_ENGINES`.
+    engine: "onnxruntime" | one of `ORT_ENGINES`. engine_dir None: "onnxruntime-cpu" traces the networks of
+    `model` in memory at load (`ort_cpu_engines_in_memory`); every other engine needs the folder.
     model/vocoder: the loaded torch modules (speaker guidance and Griffin-Lim stay in torch).
     threads: ONNX Runtime intra-op threads (default: torch's thread count, which the worker sets).
     """
@@ -163,6 +164,8 @@ def build_ort_engines(
             f"{engine!r} is not an ONNX Runtime engine; choose one of {', '.join(ORT_ENGINES)}"
         )
     if engine_dir is None:
+        if engine == "onnxruntime-cpu":
+            return ort_cpu_engines_in_memory(model, vocoder, device, threads)
         raise CheckpointError(
             f"engine {engine!r} needs the folder of exported files (diffv2s export --out DIR)."
         )
@@ -223,11 +226,9 @@ def vocoder_onnx(generator: torch.nn.Module, cfg: ModelConfig, opset: int = 17) 
     return buf.getvalue()
 
 
-def ort_cpu_vocoder(generator: torch.nn.Module, cfg: ModelConfig, threads: int | None = None) -> OrtNetwork:
-    """The vocoder engine "onnxruntime-cpu": `generator` exported in memory (`vocoder_onnx`) and run by
-    ONNX Runtime on the CPU, float32. Same session settings as the exported engines: `threads` intra-op
-    threads (default: torch's), no spinning, all graph optimisations. Output: waveform [B, samples] on the
-    CPU, equal to the torch module's up to float rounding (~4e-5)."""
+def _cpu_session(graph: bytes, spec: NetworkSpec, threads: int | None) -> OrtNetwork:
+    """An ONNX Runtime CPU session of a graph in memory, with the settings of `open_session`: `threads`
+    intra-op threads (default: torch's), no spinning, all graph optimisations; outputs on the CPU."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -236,5 +237,46 @@ def ort_cpu_vocoder(generator: torch.nn.Module, cfg: ModelConfig, threads: int |
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
-    session = ort.InferenceSession(vocoder_onnx(generator, cfg), opts, providers=[CPU])
-    return OrtNetwork(session, network_specs(cfg)["vocoder"], torch.device("cpu"))
+    session = ort.InferenceSession(graph, opts, providers=[CPU])
+    return OrtNetwork(session, spec, torch.device("cpu"))
+
+
+def ort_cpu_vocoder(generator: torch.nn.Module, cfg: ModelConfig, threads: int | None = None) -> OrtNetwork:
+    """The vocoder engine "onnxruntime-cpu": `generator` exported in memory (`vocoder_onnx`) and run by
+    ONNX Runtime on the CPU, float32. Same session settings as the exported engines: `threads` intra-op
+    threads (default: torch's), no spinning, all graph optimisations. Output: waveform [B, samples] on the
+    CPU, equal to the torch module's up to float rounding (~4e-5)."""
+    return _cpu_session(vocoder_onnx(generator, cfg), network_specs(cfg)["vocoder"], threads)
+
+
+def ort_cpu_engines_in_memory(
+    model: DiffV2S, vocoder: VocoderEngine, device: torch.device, threads: int | None = None
+) -> Engines:
+    """The engine "onnxruntime-cpu" without exported files: encoder, speaker and denoiser traced from the
+    loaded `model` in memory at load (`diffv2s.engines.graphs`, the graphs `diffv2s export` writes), the
+    HiFi-GAN generator as `ort_cpu_vocoder`, all run by ONNX Runtime on the CPU in float32. Nothing is
+    read from or written to disk, so the graphs always belong to the weights this process runs.
+    Griffin-Lim and speaker guidance stay in torch (`hybrid_engines`). Costs a few seconds at load."""
+    from diffv2s.engines.graphs import network_module, network_onnx
+
+    if device.type != "cpu":
+        raise CheckpointError(
+            f"engine 'onnxruntime-cpu' without exported files runs on the CPU, not {device}"
+        )
+    cfg = model.cfg
+    specs = network_specs(cfg)
+    model = model.to(device).eval()
+    sessions: dict[str, OrtNetwork] = {}
+    for name in ("encoder", "speaker", "denoiser"):
+        graph = network_onnx(name, network_module(name, model), cfg)
+        sessions[name] = _cpu_session(graph, specs[name], threads)
+    generator = getattr(vocoder, "generator", None)
+    if cfg.vocoder.kind == "hifigan":
+        if not isinstance(generator, torch.nn.Module):
+            raise CheckpointError("engine 'onnxruntime-cpu' needs the HiFi-GAN generator")
+        sessions["vocoder"] = ort_cpu_vocoder(generator, cfg, threads)
+    details = {name: ",".join(net.providers) for name, net in sessions.items()}
+    details.update(files="none: traced from the loaded model at start-up", provider=CPU)
+    if "vocoder" in sessions:
+        details["vocoder"] = "onnxruntime-cpu (float32, exported at load)"
+    return hybrid_engines("onnxruntime-cpu", model, vocoder, device, sessions, details)
