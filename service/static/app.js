@@ -90,6 +90,16 @@
       if (isAbort(err)) throw err;
       throw new ApiError(0, "network_error", `Could not reach the server (${err.message}).`);
     }
+    if (resp.type === "opaqueredirect") {
+      // Downloads answered with a redirect to presigned object-storage URLs (DIFFV2S_STORAGE_PRESIGN_TTL_S):
+      // the page's policy admits this origin only, so it cannot follow them.
+      throw new ApiError(
+        resp.status,
+        "redirected_download",
+        "This server hands results out as presigned storage links, which this page cannot follow; " +
+          "download them with the API or the Python client.",
+      );
+    }
     if (!resp.ok) throw await errorOf(resp);
     return resp;
   }
@@ -289,13 +299,8 @@
         return poll(job);
       }
       setMode("events");
-      let outcome;
-      try {
-        outcome = await readEvents(job, resp.body);
-      } catch (err) {
-        if (signal.aborted) return;
-        outcome = { ended: false, seen: 0 };
-      }
+      // Errors of the job's own handling (a result that cannot be fetched) end here; a cut stream does not.
+      const outcome = await readEvents(job, resp.body);
       if (outcome.ended) return;
       // The stream was cut before the job ended: resume after the last event seen.
       cuts = outcome.seen ? 1 : cuts + 1;
@@ -311,7 +316,14 @@
     let seen = 0;
     try {
       for (;;) {
-        const { value, done } = await reader.read();
+        let chunk;
+        try {
+          chunk = await reader.read();
+        } catch (err) {
+          if (isAbort(err)) throw err;
+          return { ended: false, seen }; // the connection broke: resume
+        }
+        const { value, done } = chunk;
         if (done) return { ended: false, seen };
         for (const ev of parser.push(value)) {
           seen += 1;
@@ -351,21 +363,26 @@
     const signal = job.controller.signal;
     setMode("polling");
     for (;;) {
-      let wait = 1;
+      let wait;
+      let data = null;
       try {
         const resp = await api(jobPath(job), { headers: authHeaders(), signal });
-        const data = await resp.json();
+        data = await resp.json();
+        wait = retryAfterSeconds(resp, 1);
+      } catch (err) {
+        if (signal.aborted) return;
+        // Only a busy or unreachable server is worth another try; 401, 404 and the like are final.
+        const transient = err instanceof ApiError && (err.code === "network_error" || [429, 502, 503, 504].includes(err.status));
+        if (!transient) throw err;
+        wait = err.retryAfter !== undefined ? err.retryAfter : 2;
+        logEvent("retry", `${err.code}: next try in ${wait} s`);
+      }
+      if (data) {
         renderJob(data);
         if (TERMINAL.has(data.status)) {
           await finish(job, data);
           return;
         }
-        wait = retryAfterSeconds(resp, 1);
-      } catch (err) {
-        if (signal.aborted) return;
-        if (!(err instanceof ApiError) || ![0, 429, 502, 503, 504].includes(err.status)) throw err;
-        wait = err.retryAfter !== undefined ? err.retryAfter : 2;
-        logEvent("retry", `${err.code}: next try in ${wait} s`);
       }
       await sleep(Math.max(0.2, wait) * 1000, signal);
     }
@@ -380,7 +397,11 @@
 
   // Fetches a result with the key and offers it to the player and to the download link.
   async function present(job, tail, media, link, filename, label) {
-    const resp = await api(jobPath(job, tail), { headers: authHeaders(), signal: job.controller.signal });
+    const resp = await api(jobPath(job, tail), {
+      headers: authHeaders(),
+      signal: job.controller.signal,
+      redirect: "manual",
+    });
     const blob = await resp.blob();
     const url = URL.createObjectURL(blob);
     job.urls.push(url);

@@ -276,6 +276,35 @@ def test_a_job_from_the_page_plays_and_offers_its_results(
     save_screenshot(browser, tmp_path)
 
 
+def test_downloads_redirected_to_storage_show_why_they_cannot_play(
+    browser: Any, cluster: Any, clips: list[Path], cutting_proxy: tuple[str, CuttingProxy]
+) -> None:
+    """With DIFFV2S_STORAGE_PRESIGN_TTL_S the gateway answers downloads with a 307 to the bucket; the
+    page's policy admits its own origin only, so it says so instead of failing silently."""
+    from selenium.webdriver.common.by import By
+
+    url, proxy = cutting_proxy
+    proxy.redirect_downloads = True
+    try:
+        open_page(browser, url, cluster.key_a)
+        choose_video(browser, clips[0])
+        browser.find_element(By.CSS_SELECTOR, "#synth-form details summary").click()
+        browser.find_element(By.ID, "steps").send_keys("2")
+        browser.find_element(By.ID, "submit").click()
+        box = wait(
+            browser,
+            "the error message",
+            lambda d: (e := d.find_element(By.ID, "error")).is_displayed() and e,
+            timeout=600,
+        )
+    finally:
+        proxy.redirect_downloads = False
+    assert box.get_attribute("data-code") == "redirected_download"
+    assert "presigned" in box.text
+    assert browser.find_element(By.ID, "status").get_attribute("data-status") == "succeeded"
+    assert console_problems(browser) == []
+
+
 def test_cancel_a_queued_job_from_the_page(browser: Any, cluster: Any, clips: list[Path]) -> None:
     """With both workers stopped (SIGSTOP) the job stays queued: the page offers Cancel, and the job ends
     canceled."""
@@ -348,14 +377,17 @@ HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trail
 
 
 class CuttingProxy:
-    """A reverse proxy (ASGI, served by its own uvicorn) in front of the gateway that ends the first event
-    stream right after its first event, as a proxy's read timeout would, and records the Last-Event-ID
-    of every event-stream request."""
+    """A reverse proxy (ASGI, served by its own uvicorn) in front of the gateway. It records the
+    Last-Event-ID of every event-stream request; after `cut_next = True` it ends the next event stream
+    right after its first event, as a proxy's read timeout would."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.streams: list[dict[str, str | None]] = []
+        self.cut_next = False
         self.client: httpx.AsyncClient | None = None
+        # Answer downloads with a redirect to another origin, as presigned object-storage links are.
+        self.redirect_downloads = False
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -367,6 +399,11 @@ class CuttingProxy:
             return
         if self.client is None:
             self.client = httpx.AsyncClient(base_url=self.upstream, timeout=None)
+        if self.redirect_downloads and scope["path"].endswith(("/audio", "/video")):
+            location = b"http://127.0.0.2:9/bucket/result?X-Amz-Signature=0"
+            await send({"type": "http.response.start", "status": 307, "headers": [(b"location", location)]})
+            await send({"type": "http.response.body", "body": b""})
+            return
 
         async def body() -> AsyncIterator[bytes]:
             while True:
@@ -384,8 +421,12 @@ class CuttingProxy:
         cut = False
         if scope["path"].endswith("/events"):
             given = dict(scope["headers"]).get(b"last-event-id")
-            self.streams.append({"last_event_id": given.decode() if given else None, "first_id": None})
-            cut = len(self.streams) == 1
+            stream: dict[str, str | None] = {
+                "last_event_id": given.decode() if given else None,
+                "first_id": None,
+            }
+            self.streams.append(stream)
+            cut, self.cut_next = self.cut_next, False
         await send(
             {
                 "type": "http.response.start",
@@ -400,7 +441,7 @@ class CuttingProxy:
                 seen += chunk
                 if cut and b"\nid: " in b"\n" + seen and seen.endswith(b"\n\n"):
                     first = seen.split(b"id: ", 1)[1].split(b"\n", 1)[0]
-                    self.streams[0]["first_id"] = first.decode()
+                    stream["first_id"] = first.decode()
                     break
         finally:
             await response.aclose()
@@ -438,6 +479,8 @@ def test_a_cut_event_stream_resumes_without_loss_or_repeats(
     url, proxy = cutting_proxy
     browser.set_window_size(1000, 1200)
     open_page(browser, url, cluster.key_a)
+    proxy.streams.clear()
+    proxy.cut_next = True
     choose_video(browser, clips[2])
     browser.find_element(By.CSS_SELECTOR, "#synth-form details summary").click()
     browser.find_element(By.ID, "steps").send_keys(str(STEPS))
