@@ -40,7 +40,7 @@ class Settings(CommonSettings):
     # Retry-After (s) sent with 429 / 503, and with 202 as the suggested first poll delay.
     retry_after_s: int = Field(default=5, ge=1)
     poll_after_s: int = Field(default=1, ge=1)
-    # /docs and /openapi.json; unset: on in dev, off in prod (Swagger UI loads its script from a CDN).
+    # /docs and /openapi.json; unset: on in dev, off in prod (Swagger UI's files are served by the gateway).
     docs_enabled: bool | None = None
     metrics_enabled: bool = True
     # Used by `python -m service` (uvicorn); ignored when the app is served another way.
