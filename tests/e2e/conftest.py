@@ -13,10 +13,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import httpx
@@ -181,7 +182,8 @@ class Cluster:
         return "\n".join(p.tail() for p in [self.gateway, *self.workers])
 
 
-def wait_until(check, timeout: float, what: str, procs: list[Proc]) -> None:  # type: ignore[no-untyped-def]
+def wait_until(check: Callable[[], object], timeout: float, what: str, procs: Sequence[Any]) -> None:
+    """Poll `check` until it is true; fail at once, with their logs, if one of `procs` exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for p in procs:

@@ -6,7 +6,6 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,26 +13,14 @@ import time
 import wave
 from pathlib import Path
 
-import av
 import httpx
 import pytest
+
+from tests.e2e.conftest import free_port, video_seconds
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def video_seconds(path: Path) -> float:
-    with av.open(str(path)) as c:
-        s = c.streams.video[0]
-        assert s.duration is not None and s.time_base is not None
-        return float(s.duration * s.time_base)
 
 
 class Output:

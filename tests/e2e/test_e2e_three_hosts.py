@@ -15,14 +15,11 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import socket
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import av
 import boto3
 import httpx
 import pytest
@@ -32,6 +29,7 @@ from diffv2s_client import Client
 from moto.server import ThreadedMotoServer
 
 from jobs.redis_store import RedisJobStore
+from tests.e2e.conftest import free_port, healthy, video_seconds, wait_until
 from tests.e2e.hosts import (
     Host,
     Machine,
@@ -56,20 +54,6 @@ BUCKET = "diffv2s-hosts"
 STEPS = 2
 N_JOBS = 20
 HOSTS = ("gateway", "worker0", "worker1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def video_seconds(path: Path) -> float:
-    """Duration from the stream header (independent of the code under test)."""
-    with av.open(str(path)) as c:
-        s = c.streams.video[0]
-        assert s.duration is not None and s.time_base is not None
-        return float(s.duration * s.time_base)
 
 
 def wav_seconds(data: bytes) -> float:
@@ -145,25 +129,6 @@ def image_checkpoint(machine: Machine, checkpoint: Path | None) -> Path | None:
     dest.write_bytes(checkpoint.read_bytes())
     dest.chmod(0o644)
     return dest
-
-
-def wait_until(check: Any, timeout: float, what: str, procs: list[Proc]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in procs:
-            if p.popen.poll() is not None:
-                pytest.fail(f"{p.name} exited while waiting for {what}\n{p.tail()}")
-        if check():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}\n" + "\n".join(p.tail() for p in procs))
-
-
-def healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def gateway(
