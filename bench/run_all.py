@@ -2,6 +2,10 @@
 
 Each `bench/bench_*.py` exposes `run() -> dict`, prints its own table and writes JSON under
 bench/results/. Pass module names to run a subset: `python -m bench.run_all denoiser queue`.
+Every `bench_*` module is found by name, so a new one runs without being listed here. The ones that
+start a real gateway and Celery workers (`bench_gateway`, `bench_queue`, `bench_worker_throughput`:
+the worker's overlap of preprocessing with model work, jobs/s at 1 and 2 clients) need Redis at
+DIFFV2S_BENCH_REDIS (default redis://127.0.0.1:6379; DB 10 and 11 are flushed).
 """
 
 from __future__ import annotations
