@@ -4,7 +4,9 @@ providers in the order TensorRT -> CUDA -> CPU), "onnxruntime" (CUDA on a CUDA d
 step) replaced by `denoiser.int8.onnx`, its weight MatMuls quantised to int8 (`diffv2s export --int8`);
 its output is not float-equal to torch's, so `diffv2s export verify` holds it to its own, looser tolerance.
 
-Sessions run the exported files of `diffv2s.engines.files`, each checked against the checkpoint first.
+Sessions run the exported files of `diffv2s.engines.files`, each checked against the checkpoint first;
+"onnxruntime-cpu" without a folder traces the loaded model's networks in memory instead
+(`ort_cpu_engines_in_memory`, ~2 s at load), the default engine of `Synthesizer.load()` on a CPU.
 ONNX Runtime silently falls back to the CPU provider when CUDA or TensorRT libraries cannot be loaded;
 `open_session` compares the provider each session really runs on with the one asked for and raises
 `InferenceEngineUnavailable` otherwise. Speaker guidance keeps the torch path (`hybrid_engines`).
