@@ -52,9 +52,10 @@ def _add_synthesize(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--engine",
-        default="torch",
+        default=None,
         choices=ENGINE_NAMES,
-        help="inference engine (default: torch; the others run the files in --engine-dir)",
+        help="inference engine (default: onnxruntime-cpu on a CPU with onnxruntime, its networks traced in "
+        "memory at load, else torch; with --engine-dir the engines run the exported files)",
     )
     p.add_argument("--engine-dir", type=Path, default=None, help="folder of exported engines")
     p.add_argument(

@@ -13,9 +13,10 @@ from jobs.settings import CommonSettings
 
 class WorkerSettings(CommonSettings):
     # Model: checkpoint None = the shipped default; engine: one of diffv2s.engines.spec.ENGINE_NAMES
-    # ("torch", "onnxruntime", "onnxruntime-cpu-int8", "tensorrt", ...), checked at start.
+    # ("torch", "onnxruntime", "onnxruntime-cpu-int8", "tensorrt", ...), checked at start; None = the
+    # library's choice (diffv2s.engines.spec.resolve_engine: onnxruntime-cpu on a CPU, else torch).
     checkpoint: Path | None = None
-    engine: str = "torch"
+    engine: str | None = None
     engine_dir: Path | None = None
     device: str = "cpu"
     # Dynamic batching (Triton-style): up to max_batch_size items, waiting at most max_queue_delay_ms.
@@ -59,8 +60,8 @@ class WorkerSettings(CommonSettings):
 
     @field_validator("engine")
     @classmethod
-    def _known_engine(cls, engine: str) -> str:
-        if engine not in ENGINE_NAMES:
+    def _known_engine(cls, engine: str | None) -> str | None:
+        if engine is not None and engine not in ENGINE_NAMES:
             raise ValueError(f"DIFFV2S_ENGINE must be one of {', '.join(ENGINE_NAMES)}; got {engine!r}")
         return engine
 

@@ -48,8 +48,9 @@ VOCODER_ENGINES = ("torch", "onnxruntime-cpu")
 def resolve_engine(engine: str | None, device_type: str) -> str:
     """The engine a process runs: `engine` when given, else "onnxruntime-cpu" on a CPU with onnxruntime
     installed (without a folder of exported files its networks are traced in memory at load) and "torch"
-    otherwise. On 2 CPU threads ONNX Runtime runs the encoder, speaker extractor and denoiser 2-5x faster
-    than torch for the same scores (bench/bench_synthesize.py, bench/quality_levers.py)."""
+    otherwise. Same scores to 4 decimals as torch (bench/quality_levers.py); on 2 CPU threads as fast as
+    torch on a quiet machine and a little faster on a busy one, where torch's threads suffer more
+    (bench/bench_synthesize.py)."""
     if engine is not None:
         return engine
     if device_type == "cpu" and importlib.util.find_spec("onnxruntime") is not None:

@@ -32,7 +32,7 @@ SEEDS = [11, 12, 13]
 @pytest.fixture(scope="module")
 def synth() -> Synthesizer:
     torch.set_num_threads(2)
-    return Synthesizer.load()  # the shipped checkpoint, torch engine
+    return Synthesizer.load()  # the shipped checkpoint, the default engine (onnxruntime-cpu here)
 
 
 @pytest.fixture(scope="module")
