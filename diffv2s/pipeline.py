@@ -27,6 +27,7 @@ from diffv2s.errors import DiffV2SError, InvalidParameter
 from diffv2s.model import DiffV2S
 from diffv2s.sampling import MelBatch, ProgressFn, generate_mels, vocode
 from diffv2s.schemas import SynthesisParams, SynthesisRequest, SynthesisResult
+from diffv2s.video.decode import DEFAULT_LIMITS, VideoLimits
 from diffv2s.video.mouth_roi import MouthROI, extract_mouth_roi
 from diffv2s.windows import OVERLAP_FRAMES, WINDOW_FRAMES
 
@@ -124,8 +125,9 @@ class Synthesizer:
         self._run([roi], [SynthesisParams(steps=2)], None)
 
     # ------------------------------------------------------------------------------------ synthesis
-    def prepare(self, request: SynthesisRequest) -> SynthesisRequest:
-        """Validate a request and extract its mouth ROI (CPU work that needs no model).
+    def prepare(self, request: SynthesisRequest, limits: VideoLimits = DEFAULT_LIMITS) -> SynthesisRequest:
+        """Validate a request and extract its mouth ROI (CPU work that needs no model). `limits`: the video
+        bounds of the deployment (checked on the header, applied while decoding).
 
         Thread-safe: each thread uses its own face detector, so callers (the worker's task threads) can
         prepare items in parallel while a batch runs. Raises the typed input errors.
@@ -139,6 +141,7 @@ class Synthesizer:
             self.cfg.video,
             landmark_stride=self.landmark_stride,
             overlap_decode=self.overlap_decode,
+            limits=limits,
         )
         request.preprocess_seconds = time.perf_counter() - t0
         return request

@@ -183,13 +183,14 @@ class ModelRuntime:
     # ------------------------------------------------------------------------------- task threads
     def prepare(self, request: SynthesisRequest) -> None:
         """Check the video against this deployment's limits (`WorkerSettings.video_limits`, the same
-        DIFFV2S_MAX_VIDEO_* values the gateway checks) from its header alone, then decode it and find
-        the mouth (`Synthesizer.prepare`). Raises the typed input errors (resolution_too_high, ...)."""
+        DIFFV2S_MAX_VIDEO_* values the gateway checks) from its header alone, before the model is asked for
+        anything, then decode it and find the mouth (`Synthesizer.prepare`) under the same limits (the
+        decoder's own bounds while decoding). Raises the typed input errors (resolution_too_high, ...)."""
         from diffv2s.video.decode import probe_video
 
         limits = self.settings.video_limits
         limits.check(probe_video(Path(request.video), limits))
-        self.synth.prepare(request)
+        self.synth.prepare(request, limits)
 
     # ------------------------------------------------------------------------------- model thread
     def _admit(self, job_id: str) -> bool:

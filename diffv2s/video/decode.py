@@ -62,8 +62,8 @@ _OPEN_OPTIONS = {
 @dataclass(frozen=True)
 class VideoLimits:
     """Bounds a video must meet before any frame is decoded (pixels, frame rate, frame count) and while
-    it is prepared (frames decoded, wall-clock seconds). The gateway passes its settings; the worker's
-    decode uses these defaults as the last line of defence."""
+    it is prepared (frames decoded, wall-clock seconds). Gateway and workers pass the deployment's
+    settings (DIFFV2S_MAX_VIDEO_*); these are the defaults of both and of the library's own callers."""
 
     max_pixels: int = 4096 * 2304  # 4K UHD and DCI 4K pass; 8K does not
     max_fps: float = 120.0
@@ -323,8 +323,12 @@ class VideoReader:
         stream = _video_stream(container)
         assert stream is not None  # checked by probe
         stream.thread_type = "AUTO"
-        # The decoder's own bound: a stream that grows past the limit mid-file fails instead of allocating.
-        stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
+        # The decoder's own bound: a stream that grows past it mid-file fails instead of allocating. Decoders
+        # count their padded buffers, not the picture (measured: H.264 176x144 needs 27,648, MPEG-4 Part 2
+        # 175x143 89,600 and 33x31 53,760), so the bound is the limit or four times the header's size with
+        # a 128-pixel margin on each axis, whichever is larger; the header itself was held to the limit.
+        padded = 4 * (self.probe.width + 128) * (self.probe.height + 128)
+        stream.codec_context.options = {"max_pixels": str(max(limits.max_pixels, padded))}
         deadline = time.monotonic() + limits.prepare_timeout_s
         n_source = 0
         size = _scaled_size(self.probe.width, self.probe.height)

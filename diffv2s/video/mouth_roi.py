@@ -27,7 +27,7 @@ import numpy as np
 
 from diffv2s.config import VideoConfig
 from diffv2s.errors import NoFaceFound
-from diffv2s.video.decode import VideoReader
+from diffv2s.video.decode import DEFAULT_LIMITS, VideoLimits, VideoReader
 from diffv2s.video.landmarks import FaceLandmarks, default_detector
 from diffv2s.video.mean_face import MEAN_FACE_256, apply, similarity
 
@@ -166,6 +166,7 @@ def extract_mouth_roi(
     detector: LandmarkDetector | None = None,
     landmark_stride: int = 1,
     overlap_decode: bool = False,
+    limits: VideoLimits = DEFAULT_LIMITS,
 ) -> MouthROI:
     """Decode `path` at cfg.fps and return its normalised mouth crops.
 
@@ -176,13 +177,15 @@ def extract_mouth_roi(
     (tests/diffv2s/test_video_mouth_roi.py). face_ratio counts the frames examined.
     overlap_decode: decode in a producer thread while landmarks are found (`decode_ahead`); the result is
     the same either way.
+    limits: the pixel, frame-rate and frame-count bounds checked on the header and applied while decoding
+    (a deployment's settings; the library's defaults otherwise).
     Raises the decode errors (EmptyFile, UnsupportedVideo, NoVideoStream, CorruptVideo, VideoTooShort,
     VideoTooLong) and NoFaceFound when fewer than cfg.min_face_ratio of the frames show a face.
     """
     if landmark_stride < 1:
         raise ValueError(f"landmark_stride must be >= 1, got {landmark_stride}")
     detector = detector or default_detector()
-    reader = VideoReader(Path(path), cfg)
+    reader = VideoReader(Path(path), cfg, limits)
     gray: list[np.ndarray] = []
     examined: list[int] = []
 

@@ -165,3 +165,21 @@ def test_mostly_faceless_video_is_rejected(tmp_path: Path, detector: MediapipeDe
     path = write_video(tmp_path / "mostly_empty.mp4", frames, fps=30000 / 1001)
     with pytest.raises(NoFaceFound):
         extract_mouth_roi(path, CFG, detector=detector)
+
+
+def test_a_deployments_limits_bound_the_decode(tmp_path: Path, detector: MediapipeDetector) -> None:
+    """The limits given (a worker's settings) apply, not the library defaults: the carphone clip is within
+    the defaults and over a deployment's lower frame and pixel limits, each refused with its typed code."""
+    from diffv2s.errors import ResolutionTooHigh, TooManyFrames
+    from diffv2s.video.decode import DEFAULT_LIMITS, VideoLimits
+
+    frames = read_rgb_frames(carphone_path())[:40]
+    path = write_video(tmp_path / "clip.mp4", frames, fps=25)
+    h, w = frames[0].shape[:2]
+    assert extract_mouth_roi(path, CFG, detector=detector, limits=DEFAULT_LIMITS).face_ratio > 0.9
+    with pytest.raises(TooManyFrames) as info:
+        extract_mouth_roi(path, CFG, detector=detector, limits=VideoLimits(max_frames=20))
+    assert info.value.code == "too_many_frames"
+    with pytest.raises(ResolutionTooHigh) as too_big:
+        extract_mouth_roi(path, CFG, detector=detector, limits=VideoLimits(max_pixels=w * h - 1))
+    assert too_big.value.code == "resolution_too_high"
