@@ -17,9 +17,7 @@ so these are figures under load, not an idle floor.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -32,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 from standardwebhooks.webhooks import Webhook
 
-from bench.soak import Proc, cut_clip, free_port, redis_base, start, stop, wait_ready
+from bench.soak import Proc, cut_clip, flush, free_port, process_env, redis_base, start, stop, wait_ready
 
 BROKER_DB, STORE_DB = 6, 7
 KEY = "bench-events-key-0123456789abcdef"
@@ -139,11 +136,7 @@ def run(jobs: int = 20, clients: int = 2) -> dict[str, Any]:
     procs: list[Proc] = []
     with tempfile.TemporaryDirectory(prefix="diffv2s-bench-events-") as tmp:
         tmpdir = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFV2S_")}
-        env |= {
-            "DIFFV2S_BROKER_URL": f"{base_redis}/{BROKER_DB}",
-            "DIFFV2S_STORE_URL": f"{base_redis}/{STORE_DB}",
-            "DIFFV2S_STORAGE_DIR": str(tmpdir / "storage"),
+        env = process_env(base_redis, BROKER_DB, STORE_DB, tmpdir / "storage") | {
             "DIFFV2S_API_KEYS": KEY,
             "DIFFV2S_WEBHOOK_SECRET": SECRET,
             "DIFFV2S_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",
@@ -233,12 +226,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=2)
     args = p.parse_args(argv)
     return 0 if run(args.jobs, args.clients)["ok"] else 1
-
-
-def flush(base: str, dbs: tuple[int, ...]) -> None:
-    for db in dbs:
-        with contextlib.suppress(redis.RedisError):
-            redis.Redis.from_url(f"{base}/{db}", socket_connect_timeout=2).flushdb()
 
 
 if __name__ == "__main__":

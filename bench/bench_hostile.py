@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import sys
 import tempfile
@@ -34,9 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 
-from bench.soak import Proc, free_port, proc_status_kb, redis_base, start, stop, wait_ready
+from bench.soak import (
+    Proc,
+    flush,
+    free_port,
+    proc_status_kb,
+    process_env,
+    redis_base,
+    start,
+    stop,
+    wait_ready,
+)
 from tests.fixtures.hostile import (
     GATEWAY_CASES,
     GATEWAY_SETTINGS,
@@ -472,24 +480,13 @@ def run() -> dict[str, Any]:
     written to bench/results/hostile.json."""
     base = redis_base()
 
-    def flush() -> None:
-        for db in (BROKER_DB, STORE_DB):
-            with contextlib.suppress(redis.RedisError):
-                redis.Redis.from_url(f"{base}/{db}", socket_connect_timeout=2).flushdb()
-
-    flush()
+    flush(base, (BROKER_DB, STORE_DB))
     with tempfile.TemporaryDirectory(prefix="diffv2s-hostile-") as t:
         tmp = Path(t)
         storage = tmp / "storage"
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFV2S_")}
-        env |= {
-            "PYTHONUNBUFFERED": "1",
-            "DIFFV2S_BROKER_URL": f"{base}/{BROKER_DB}",
-            "DIFFV2S_STORE_URL": f"{base}/{STORE_DB}",
-            "DIFFV2S_STORAGE_DIR": str(storage),
-        }
+        env = process_env(base, BROKER_DB, STORE_DB, storage)
         gateway = start(
             "gateway",
             [sys.executable, "-m", "service"],
@@ -523,7 +520,7 @@ def run() -> dict[str, Any]:
         finally:
             for p in procs:
                 stop(p)
-            flush()
+            flush(base, (BROKER_DB, STORE_DB))
             failed_logs = {p.name: p.tail(20) for p in procs}
         table = markdown(bench.rows, bench.method)
         print()

@@ -70,10 +70,23 @@ def redis_base() -> str:
     return base
 
 
-def flush(base: str) -> None:
-    for db in (BROKER_DB, STORE_DB):
+def flush(base: str, dbs: tuple[int, ...] = (BROKER_DB, STORE_DB)) -> None:
+    """Empty the bench's Redis databases (this run's broker and store)."""
+    for db in dbs:
         with contextlib.suppress(redis.RedisError):
             redis.Redis.from_url(f"{base}/{db}", socket_connect_timeout=2).flushdb()
+
+
+def process_env(base: str, broker_db: int, store_db: int, storage: Path) -> dict[str, str]:
+    """The environment of a bench's gateway and workers: this process's, minus every DIFFV2S_* setting,
+    plus the broker and store databases and the storage folder they share."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFV2S_")}
+    return env | {
+        "PYTHONUNBUFFERED": "1",
+        "DIFFV2S_BROKER_URL": f"{base}/{broker_db}",
+        "DIFFV2S_STORE_URL": f"{base}/{store_db}",
+        "DIFFV2S_STORAGE_DIR": str(storage),
+    }
 
 
 def free_port() -> int:
@@ -465,14 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         clip = cut_clip(root / "clip.mp4")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFV2S_")}
-        env |= {
-            "PYTHONUNBUFFERED": "1",
-            "DIFFV2S_BROKER_URL": f"{base}/{BROKER_DB}",
-            "DIFFV2S_STORE_URL": f"{base}/{STORE_DB}",
-            "DIFFV2S_STORAGE_DIR": str(storage),
-            "DIFFV2S_API_KEYS": ",".join(keys),
-        }
+        env = process_env(base, BROKER_DB, STORE_DB, storage) | {"DIFFV2S_API_KEYS": ",".join(keys)}
         gateway_env = (
             env | GATEWAY_ENV | args.gateway_env | {"DIFFV2S_HOST": "127.0.0.1", "DIFFV2S_PORT": str(port)}
         )
