@@ -24,20 +24,16 @@ request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
 # The API answers JSON and files: nothing on a response may run, embed or be embedded.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-# The web page (`/`, files in service/static): its own script and style only (no inline code), media and
-# downloads from the blob: URLs it makes of what it fetched with the API key, requests to this origin only.
-WEB_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "media-src 'self' blob:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; "
-    "base-uri 'none'"
-)
-# Swagger UI (/docs): every file from the gateway itself (swagger-ui-py's copy, under /docs/static); the
-# one inline script of FastAPI's page (its init) is allowed by its hash, never by 'unsafe-inline'.
-DOCS_CSP = (
+# The pages (the web page `/`, files in service/static, and Swagger UI's /docs, files under /docs/static):
+# their own scripts and styles only, media and downloads from the blob: URLs the web page makes of what it
+# fetched with the API key, requests to this origin only. Inline code never, except the one init script of
+# FastAPI's /docs page, allowed by its hash (`docs_csp`), never by 'unsafe-inline'.
+PAGE_CSP = (
     "default-src 'none'; script-src 'self'{script_hashes}; style-src 'self'; img-src 'self' data: blob:; "
     "media-src 'self' blob:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; "
     "base-uri 'none'"
 )
+WEB_CSP = PAGE_CSP.format(script_hashes="")
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
 
 
@@ -50,8 +46,8 @@ def inline_script_hashes(html: str) -> list[str]:
 
 
 def docs_csp(html: str) -> str:
-    """DOCS_CSP for one Swagger UI page: its inline scripts allowed by hash."""
-    return DOCS_CSP.format(script_hashes="".join(" " + h for h in inline_script_hashes(html)))
+    """PAGE_CSP for one Swagger UI page: its inline scripts allowed by hash."""
+    return PAGE_CSP.format(script_hashes="".join(" " + h for h in inline_script_hashes(html)))
 
 
 SECURITY_HEADERS = {
