@@ -129,7 +129,15 @@ class Host:
 
 
 def can_switch_users() -> bool:
-    return os.geteuid() == 0
+    """Whether the hosts can run as their own users: root, and the code they run (this checkout and the
+    venv's packages) reachable by other users. A checkout inside a private directory (`mktemp -d` makes
+    it 0700) cannot be run as another uid; the hosts then share the test's user and only the audit-log
+    checks apply, as when the test does not run as root."""
+    return (
+        os.geteuid() == 0
+        and _traversable_by_all(REPO)
+        and _traversable_by_all(Path(site.getsitepackages()[0]))
+    )
 
 
 def _traversable_by_all(path: Path) -> bool:
